@@ -1,0 +1,1 @@
+"""Dataset preparation command-line tools for amych_tf."""

@@ -1,0 +1,43 @@
+"""amych_tf: audio identification with playable prototypes (TensorFlow/Keras)."""
+
+import pathlib
+
+from setuptools import find_packages, setup
+
+HERE = pathlib.Path(__file__).parent
+
+setup(
+    name="amych_tf",
+    version="0.1.0",
+    description=(
+        "TensorFlow/Keras implementation of 'A Model You Can Hear: Audio "
+        "Identification with Playable Prototypes' (ISMIR 2022)."
+    ),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["amych_tf", "amych_tf.*", "data_tools", "data_tools.*"]),
+    # TensorFlow itself comes from an extra: `cpu` (tensorflow-cpu) or `gpu`
+    # (tensorflow[and-cuda]); both pin the 2.21 series that the code is tested on.
+    install_requires=[
+        "keras>=3.10,<4",
+        "numpy>=1.26",
+        "librosa>=0.10",
+        "soundfile>=0.12",
+        "absl-py>=2.0",
+        "tensorboard>=2.21,<2.22",
+        "matplotlib>=3.7",
+    ],
+    extras_require={
+        "cpu": ["tensorflow-cpu==2.21.*"],
+        "gpu": ["tensorflow[and-cuda]==2.21.*"],
+        "dev": ["pytest>=8", "scipy>=1.11"],
+    },
+    entry_points={"console_scripts": []},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Multimedia :: Sound/Audio :: Analysis",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

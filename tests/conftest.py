@@ -1,0 +1,17 @@
+"""Shared test set-up: quiet TensorFlow, deterministic seeds, tiny audio helpers."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    np.random.seed(0)
+    tf.random.set_seed(0)
+    tf.keras.utils.set_random_seed(0)
