@@ -1,0 +1,226 @@
+"""Training-time behaviour as Keras callbacks: curriculum, reassignment, non-finite guard.
+
+Curriculum (section 3.4, NOTES.md): raw prototypes -> gain -> pitch -> filters
+-> (supervised: beta starts learning, i.e. the cross-entropy takes effect) ->
+learning rate / 10. A stage ends when the epoch's training loss has not
+improved for `patience` epochs (the learning-rate stage waits twice as long).
+At each activation the new transformation is switched on through the model's
+gate variable (no retrace) and the learning rates of its decoder and of the
+encoder rise linearly from 0.001x over `warmup_steps` batches; decoders whose
+stage has not come have learning-rate scale 0 (they neither learn nor decay).
+
+The curriculum's state lives in a non-trainable weight of the model
+(`curriculum_state`), so every checkpoint, including BackupAndRestore's,
+carries it, and a resumed run continues in the same stage.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import keras
+import numpy as np
+
+TRANSFORMATION_STAGES = {"gain": ("gain",), "pitch": ("pitch",), "filters": ("low", "high")}
+DECODER_OF_STAGE = {"gain": "gain_decoder", "pitch": "pitch_decoder", "filters": "filters_decoder"}
+WARMUP_START = 1e-3
+BETA_LEARNING_RATE_SCALE = 5.0
+# Layout of the model's `curriculum_state` weight.
+STAGE, WAIT, BEST, WARMUP = range(4)
+
+
+def curriculum_stages(mode: str) -> tuple[str, ...]:
+    """The paper's stage order for a training mode."""
+    if mode == "supervised":
+        return ("raw", "gain", "pitch", "filters", "ce", "lr_decay")
+    return ("raw", "gain", "pitch", "filters", "lr_decay")
+
+
+class Curriculum(keras.callbacks.Callback):
+    """Moves a PlayablePrototypes model through the curriculum (see module docstring).
+
+    Args:
+      mode: "supervised" or "unsupervised" (sets the stage list).
+      learning_rate: the base learning rate (the LR-decay stage divides it by 10).
+      patience: epochs without improvement of the training loss that end a stage.
+      warmup_steps: batches over which a new decoder and the encoder warm up.
+      stop_stage: the last stage to run (a row of the paper's Table 1); training
+        stops when it plateaus. Default: run every stage.
+      checkpoint_dir: where to save the weights at the end of every stage
+        (`stage-<i>-<name>.weights.h5`), or None.
+      min_delta: an improvement smaller than this does not count.
+    """
+
+    def __init__(self, mode, learning_rate, patience=10, warmup_steps=2000, stop_stage=None,
+                 checkpoint_dir=None, min_delta=0.0):
+        super().__init__()
+        self.stages = curriculum_stages(mode)
+        if stop_stage is not None and stop_stage not in self.stages:
+            raise ValueError(f"stop_stage {stop_stage!r} is not a stage of {mode} training: {self.stages}")
+        self.learning_rate = float(learning_rate)
+        self.patience = int(patience)
+        self.warmup_steps = int(warmup_steps)
+        self.stop_stage = stop_stage or self.stages[-1]
+        self.checkpoint_dir = checkpoint_dir
+        self.min_delta = float(min_delta)
+
+    # -- state --------------------------------------------------------------------------
+
+    def _state(self) -> np.ndarray:
+        return np.array(self.model.curriculum_state.numpy(), dtype=np.float64)
+
+    def _set_state(self, state) -> None:
+        self.model.curriculum_state.assign(np.asarray(state, np.float32))
+
+    @property
+    def stage(self) -> str:
+        return self.stages[int(self._state()[STAGE])]
+
+    def _reached(self, stage: str, index: int) -> bool:
+        return stage in self.stages and self.stages.index(stage) <= index
+
+    # -- applying a stage ---------------------------------------------------------------
+
+    def _apply_stage(self, index: int, warmup_step: float) -> None:
+        """Set gates, group scales and learning rate for stage `index` (idempotent)."""
+        optimizer = self.model.optimizer
+        if not optimizer.built:
+            optimizer.build(self.model.trainable_variables)
+        active = [t for stage, ts in TRANSFORMATION_STAGES.items() if self._reached(stage, index) for t in ts]
+        self.model.set_active_transformations(active)
+        stage = self.stages[index]
+        warm = min(1.0, WARMUP_START + (1.0 - WARMUP_START) * warmup_step / max(self.warmup_steps, 1))
+        warming = stage in DECODER_OF_STAGE
+        for transformation, decoder in DECODER_OF_STAGE.items():
+            scale = 1.0 if self._reached(transformation, index) else 0.0
+            if warming and transformation == stage:
+                scale = warm
+            optimizer.set_group_scale(decoder, scale)
+        optimizer.set_group_scale("encoder", (warm if warming else 1.0) if active else 0.0)
+        optimizer.set_group_scale("prototypes", 1.0)
+        optimizer.set_group_scale("beta", BETA_LEARNING_RATE_SCALE if self._reached("ce", index) else 0.0)
+        decay = 0.1 if self._reached("lr_decay", index) else 1.0
+        optimizer.learning_rate.assign(self.learning_rate * decay)
+
+    def on_train_begin(self, logs=None):
+        state = self._state()
+        self._apply_stage(int(state[STAGE]), state[WARMUP])
+
+    def on_train_batch_begin(self, batch, logs=None):
+        state = self._state()
+        if state[WARMUP] < self.warmup_steps and self.stages[int(state[STAGE])] in DECODER_OF_STAGE:
+            state[WARMUP] += 1
+            self._set_state(state)
+            self._apply_stage(int(state[STAGE]), state[WARMUP])
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = float((logs or {}).get("loss", math.nan))
+        state = self._state()
+        index = int(state[STAGE])
+        loss = float(np.float32(loss))  # the state is float32: compare like with like
+        if math.isfinite(loss) and loss < state[BEST] - self.min_delta:
+            state[BEST], state[WAIT] = loss, 0
+        else:
+            state[WAIT] += 1
+        patience = self.patience * (2 if self.stages[index] == "lr_decay" else 1)
+        if logs is not None:
+            logs["curriculum_stage"] = index
+        if state[WAIT] < patience:
+            self._set_state(state)
+            return
+        self._save_stage_checkpoint(index)
+        if self.stages[index] == self.stop_stage or index == len(self.stages) - 1:
+            self._set_state(state)
+            self.model.stop_training = True
+            return
+        index += 1
+        self._set_state([index, 0, np.inf, 0])
+        self._apply_stage(index, 0)
+
+    def _save_stage_checkpoint(self, index: int) -> None:
+        if self.checkpoint_dir:
+            os.makedirs(self.checkpoint_dir, exist_ok=True)
+            path = os.path.join(self.checkpoint_dir, f"stage-{index}-{self.stages[index]}.weights.h5")
+            self.model.save_weights(path, overwrite=True)
+
+
+class Reassignment(keras.callbacks.Callback):
+    """Reassigns empty clusters after each epoch (unsupervised, from DTI clustering).
+
+    A prototype whose share of the epoch's assignments is below
+    `threshold / K` is replaced by a copy of a donor prototype drawn with
+    probability proportional to its share; both get N(0, noise) noise, and the
+    copy takes over the donor's Adam moments and the output weights (and their
+    moments) of every decoder, so it continues from the donor's state.
+    """
+
+    def __init__(self, threshold=0.02, noise=0.01, seed=0):
+        super().__init__()
+        self.threshold = threshold
+        self.noise = noise
+        self.rng = np.random.default_rng(seed)
+        self.history = []  # (epoch, [(reset prototype, donor), ...])
+
+    def on_epoch_end(self, epoch, logs=None):
+        model = self.model
+        counts = np.array(model.assignment_counts.result())
+        total = counts.sum()
+        if total <= 0:
+            return
+        shares = counts / total
+        num_prototypes = len(shares)
+        empty = np.flatnonzero(shares < self.threshold / num_prototypes)
+        if empty.size == 0 or empty.size == num_prototypes:
+            return
+        pairs = []
+        for k in empty:
+            donor = int(self.rng.choice(num_prototypes, p=shares))
+            pairs.append((int(k), donor))
+            self._copy(int(k), donor)
+        self.history.append((epoch, pairs))
+        if logs is not None:
+            logs["reassigned"] = len(pairs)
+
+    def _copy(self, target: int, donor: int) -> None:
+        model, optimizer = self.model, self.model.optimizer
+        prototypes = np.array(model.prototypes.numpy())
+        num_mels = prototypes.shape[1]
+        prototypes[target] = prototypes[donor] + self.rng.normal(0.0, self.noise, num_mels)
+        prototypes[donor] = prototypes[donor] + self.rng.normal(0.0, self.noise, num_mels)
+        model.prototypes.assign(prototypes)
+        for moment in optimizer.moments(model.prototypes):
+            values = np.array(moment.numpy())
+            values[target] = values[donor]
+            moment.assign(values)
+        for name in DECODER_OF_STAGE:
+            output = model.decoder(name).output_conv
+            per_prototype = output.filters // model.num_prototypes
+            columns_target = slice(target * per_prototype, (target + 1) * per_prototype)
+            columns_donor = slice(donor * per_prototype, (donor + 1) * per_prototype)
+            for variable in (output.kernel, output.bias):
+                for tensor in (variable, *optimizer.moments(variable)):
+                    values = np.array(tensor.numpy())
+                    values[..., columns_target] = values[..., columns_donor]
+                    tensor.assign(values)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss."""
+
+
+class NonFiniteGuard(keras.callbacks.Callback):
+    """Stops training at the first non-finite batch loss, before anything is saved.
+
+    Keras' TerminateOnNaN only sets `stop_training`, after which epoch-end
+    callbacks (checkpoints) still run and could write NaN prototypes; raising
+    here ends `fit` at once, so the last checkpoint stays the last finite one.
+    """
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise NonFiniteLossError(
+                f"loss became {float(loss)} at batch {batch}; stopped before saving anything. "
+                "Lower --learning_rate or check the data (dataset_info.json, non-finite log-Mel values)."
+            )
