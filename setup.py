@@ -28,13 +28,24 @@ setup(
         "absl-py>=2.0",
         "tensorboard>=2.21,<2.22",
         "matplotlib>=3.7",
+        # librosa depends on soxr already; we call it directly for resampling.
+        "soxr>=0.3",
     ],
     extras_require={
         "cpu": ["tensorflow-cpu==2.21.*"],
         "gpu": ["tensorflow[and-cuda]==2.21.*"],
         "dev": ["pytest>=8", "scipy>=1.11"],
+        # Rendering SoundFont notes (data_tools.render_soundfont) also needs the
+        # FluidSynth library: `apt-get install fluidsynth fluid-soundfont-gm`.
+        "soundfont": ["pyfluidsynth>=1.3"],
     },
-    entry_points={"console_scripts": []},
+    entry_points={
+        "console_scripts": [
+            "amych-prepare = data_tools.prepare:run",
+            "amych-make-demo = data_tools.make_demo:run",
+            "amych-render-soundfont = data_tools.render_soundfont:run",
+        ]
+    },
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Multimedia :: Sound/Audio :: Analysis",

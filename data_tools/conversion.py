@@ -1,0 +1,553 @@
+"""Converting an audio collection into a prepared dataset (the format of `amych_tf.data`).
+
+`prepare_dataset` runs four steps:
+  1. find the classes and their files (`data_tools.layouts`); for LibriSpeech,
+     rank the speakers by total duration (read from file headers) and keep
+     the top `num_classes`, labelled by that rank;
+  2. split every class's files 70/10/20 (`assign_splits`);
+  3. decode, mix to mono, resample and tile (`data_tools.audio`) in worker
+     processes, streamed back in order, and compute the log-Mel in this
+     process with `amych_tf.spectral.log_mel`, the front end the model uses;
+  4. write the shards, manifest.csv, skipped.csv and dataset_info.json
+     (`DatasetWriter`).
+
+Decisions:
+  * Reproducible: files are sorted by relative path before anything random
+    happens, and the split depends only on the seed and each class's files,
+    so the output is byte-identical whatever `num_workers` or the order the
+    filesystem lists files in, and on re-runs (dataset_info.json holds no
+    timestamps).
+  * Stratified split: within each class, files are shuffled by a generator
+    seeded with (seed, CRC-32 of the class name), then cut 70/10/20 (rounded
+    half up); a class of >= 3 files gets at least one validation and one test
+    file. A class's split therefore does not change when other classes are
+    added or dropped (e.g. another --num_classes). Files are split before they
+    are decoded, so an unusable file leaves a gap in its split: counts are
+    70/10/20 of the files found, up to skipped files.
+  * Order: examples are stored by split, then by relative path; manifest.csv
+    lists them in that order (the tf.data pipelines shuffle).
+  * Workers are spawned, never forked (TensorFlow is not fork-safe) and import
+    only `data_tools.audio`; at most a few clips per worker are in flight, so
+    memory does not grow with the number of files. `num_workers=1` decodes in
+    this process.
+  * Bad files (unreadable, corrupt, empty, silent, not audio) are skipped and
+    listed in skipped.csv; a run with no usable file, or with a class left with
+    none, fails with a `PrepareError` subclass and writes nothing.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import contextlib
+import csv
+import dataclasses
+import multiprocessing
+import os
+import re
+import sys
+import time
+import zlib
+from typing import Callable, Iterable, Iterator
+
+import librosa
+import numpy as np
+import soundfile
+import soxr
+import tensorflow as tf
+from absl import logging
+
+import amych_tf
+from amych_tf import data, spectral
+from amych_tf.spectral import FeatureConfig
+from data_tools import audio, layouts
+
+# Percent of each class's files per split (NOTES.md), in data.SPLITS order.
+SPLIT_PERCENT = {"train": 70, "validation": 10, "test": 20}
+MANIFEST_COLUMNS = ("split", "label", "class_name", "path", "duration", "num_frames")
+SKIPPED_COLUMNS = ("path", "reason")
+DEFAULT_LIBRISPEECH_CLASSES = 128
+DEFAULT_SHARD_SIZE = 1000
+# Clips decoded ahead per worker: keeps workers busy while bounding memory.
+CLIPS_IN_FLIGHT_PER_WORKER = 4
+# Files per header-reading task when ranking speakers (small results, so batch them).
+HEADER_PATHS_PER_TASK = 256
+_SHARD_NAME = re.compile(r"^(%s)-(\d+)-of-(\d+)\.tfrecord$" % "|".join(data.SPLITS))
+
+
+class PrepareError(Exception):
+    """A run that cannot produce a dataset; the message is one line meant for users."""
+
+
+class NoUsableFilesError(PrepareError):
+    """No audio file was found, or none of those found could be used."""
+
+
+class EmptyClassError(PrepareError):
+    """A class that should be in the dataset has no usable file."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedClip:
+    """A source file and where it goes."""
+
+    split: str
+    label: int
+    class_name: str
+    path: str  # relative to the audio directory, '/'-separated
+
+
+@dataclasses.dataclass
+class PrepareSummary:
+    """What a run did; `str()` gives the report printed at the end of the CLI."""
+
+    out_dir: str
+    layout: str
+    features: FeatureConfig
+    storage_dtype: str
+    class_names: list[str]
+    num_found: int
+    num_ignored: int
+    split_counts: dict[str, int]
+    num_shards: dict[str, int]
+    skipped_by_reason: dict[str, int]
+    warnings: list[str]
+    seconds: float
+
+    @property
+    def num_skipped(self) -> int:
+        return sum(self.skipped_by_reason.values())
+
+    def __str__(self) -> str:
+        f = self.features
+        used = sum(self.split_counts.values())
+        splits = ", ".join(f"{split} {self.split_counts[split]}" for split in data.SPLITS)
+        skipped = f"{self.num_skipped}" + (
+            f" ({_count_phrase(self.skipped_by_reason)}), listed in {data.SKIPPED_FILENAME}" if self.num_skipped else ""
+        )
+        lines = [
+            f"Prepared {self.out_dir}",
+            f"  layout:   {self.layout}; features {f.sample_rate} Hz, n_fft {f.n_fft}, hop {f.hop_length}, "
+            f"{f.n_mels} mels, fmin {f.fmin:g}, fmax {f.fmax:g}; stored as {self.storage_dtype}",
+            f"  classes:  {len(self.class_names)} ({_shorten(self.class_names)})",
+            f"  found:    {self.num_found} audio files"
+            + (f" (and {self.num_ignored} ignored outside the kept classes/layout)" if self.num_ignored else ""),
+            f"  used:     {used}: {splits}; shards: "
+            + ", ".join(f"{split} {self.num_shards[split]}" for split in data.SPLITS),
+            f"  skipped:  {skipped}",
+            *(f"  warning:  {warning}" for warning in self.warnings),
+            f"  time:     {self.seconds:.1f} s ({self.num_found / max(self.seconds, 1e-9):.1f} files/s)",
+        ]
+        return "\n".join(lines)
+
+
+def _count_phrase(counts: dict[str, int]) -> str:
+    return ", ".join(f"{kind} {count}" for kind, count in sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+def _shorten(names: list[str], limit: int = 6) -> str:
+    return ", ".join(names[:limit]) + (f", ... {names[-1]}" if len(names) > limit else "")
+
+
+def resolve_features(layout: str, preset: str | None = None, **overrides) -> FeatureConfig:
+    """Feature parameters: `preset` (default: the layout's, see layouts.DEFAULT_PRESETS) with the
+    FeatureConfig fields given in `overrides` (None = keep the preset's value)."""
+    if layout not in layouts.LAYOUTS:
+        raise PrepareError(f"--layout must be one of {', '.join(layouts.LAYOUTS)}, got {layout!r}")
+    preset = preset or layouts.DEFAULT_PRESETS[layout]
+    if preset not in spectral.PRESETS:
+        raise PrepareError(f"unknown --preset {preset!r}; choose one of {', '.join(spectral.PRESETS)}")
+    values = {**spectral.PRESETS[preset], **{name: value for name, value in overrides.items() if value is not None}}
+    try:
+        return FeatureConfig(**values)
+    except (TypeError, ValueError) as error:
+        raise PrepareError(f"invalid feature parameters: {error}") from None
+
+
+def split_sizes(num_files: int) -> tuple[int, int, int]:
+    """(train, validation, test) file counts for one class: SPLIT_PERCENT rounded half up, with at
+    least one validation and one test file once the class has 3 files."""
+    validation = (SPLIT_PERCENT["validation"] * num_files + 50) // 100
+    test = (SPLIT_PERCENT["test"] * num_files + 50) // 100
+    if num_files >= 3:
+        validation, test = max(validation, 1), max(test, 1)
+    return num_files - validation - test, validation, test
+
+
+def assign_splits(discovery: layouts.Discovery, seed: int) -> list[PlannedClip]:
+    """Every file of `discovery` in exactly one split (stratified, see the module docstring),
+    ordered by split (data.SPLITS order), then path."""
+    planned = []
+    for label, class_name in enumerate(discovery.class_names):
+        paths = sorted(discovery.files[class_name])  # the shuffle must not see the listing order
+        generator = np.random.default_rng([seed, zlib.crc32(class_name.encode("utf-8"))])
+        num_train, num_validation, _ = split_sizes(len(paths))
+        for rank, index in enumerate(generator.permutation(len(paths))):
+            split = "train" if rank < num_train else "validation" if rank < num_train + num_validation else "test"
+            planned.append(PlannedClip(split, label, class_name, paths[index]))
+    split_order = {split: position for position, split in enumerate(data.SPLITS)}
+    return sorted(planned, key=lambda clip: (split_order[clip.split], clip.path))
+
+
+class _Progress:
+    """One progress line on stderr: rewritten in place on a terminal, a new line every 10 s otherwise."""
+
+    def __init__(self, what: str, total: int, enabled: bool):
+        self.what, self.total, self.enabled = what, total, enabled and total > 0
+        self.interactive = sys.stderr.isatty()
+        self.done = 0
+        self.start = self.last_shown = time.monotonic()
+
+    def advance(self) -> None:
+        self.done += 1
+        now = time.monotonic()
+        if self.enabled and (now - self.last_shown >= (0.5 if self.interactive else 10.0) or self.done == self.total):
+            self.last_shown = now
+            rate = self.done / max(now - self.start, 1e-9)
+            line = (
+                f"{self.what}: {self.done}/{self.total} ({100 * self.done // self.total}%), "
+                f"{rate:.1f}/s, {(self.total - self.done) / max(rate, 1e-9):.0f} s left"
+            )
+            sys.stderr.write(f"\r{line}\033[K" if self.interactive else line + "\n")
+            if self.interactive and self.done == self.total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+@contextlib.contextmanager
+def _worker_pool(num_workers: int) -> Iterator[concurrent.futures.Executor | None]:
+    """Decoding processes, or None (decode in this process) for one worker.
+
+    'spawn' start method: TensorFlow, already loaded here, is not fork-safe;
+    spawned workers import only data_tools.audio (and what it needs).
+    """
+    if num_workers == 1:
+        yield None
+        return
+    pool = concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _map_in_order(
+    function: Callable, argument_tuples: Iterable[tuple], pool: concurrent.futures.Executor | None, in_flight: int
+) -> Iterator:
+    """function(*arguments) for each tuple, in input order, with at most `in_flight` pending in `pool`."""
+    if pool is None:
+        for arguments in argument_tuples:
+            yield function(*arguments)
+        return
+    pending = collections.deque()
+    for arguments in argument_tuples:
+        pending.append(pool.submit(function, *arguments))
+        if len(pending) >= in_flight:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+class DatasetWriter:
+    """Writes a prepared dataset directory; nothing appears under its final name before it is complete.
+
+    Shards are written as `<split>-<index>.tfrecord.tmp-<pid>` (their final names
+    carry the shard count, known only at the end). `commit` renames them to
+    `data.shard_filename(...)`, writes manifest.csv and skipped.csv through temp
+    files, dataset_info.json last (readers check it), and only then deletes the
+    shards of an earlier run that this run did not produce. `discard` (call it
+    in a `finally`) closes and deletes whatever temp files are left.
+    """
+
+    def __init__(self, out_dir: str, shard_size: int):
+        self.out_dir = out_dir
+        self.shard_size = shard_size
+        self._temp_suffix = f".tmp-{os.getpid()}"
+        self._shards: dict[str, list[str]] = {split: [] for split in data.SPLITS}
+        self._counts = {split: 0 for split in data.SPLITS}
+        self._writers: dict[str, tf.io.TFRecordWriter] = {}
+        self._temp_paths: list[str] = []
+
+    @property
+    def num_shards(self) -> dict[str, int]:
+        return {split: len(paths) for split, paths in self._shards.items()}
+
+    def _temp_path(self, name: str) -> str:
+        path = os.path.join(self.out_dir, name + self._temp_suffix)
+        self._temp_paths.append(path)
+        return path
+
+    def write(self, split: str, serialized_example: bytes) -> None:
+        """Append one example to `split`, starting a new shard every `shard_size` examples."""
+        if self._counts[split] % self.shard_size == 0:
+            self._close(split)
+            path = self._temp_path(f"{split}-{len(self._shards[split]):05d}.tfrecord")
+            self._shards[split].append(path)
+            self._writers[split] = tf.io.TFRecordWriter(path)
+        self._writers[split].write(serialized_example)
+        self._counts[split] += 1
+
+    def _close(self, split: str) -> None:
+        writer = self._writers.pop(split, None)
+        if writer is not None:
+            writer.close()
+
+    def _write_csv(self, filename: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
+        temp = self._temp_path(filename)
+        with open(temp, "w", newline="", encoding="utf-8") as f:
+            table = csv.writer(f, lineterminator="\n")
+            table.writerow(columns)
+            table.writerows(rows)
+        os.replace(temp, os.path.join(self.out_dir, filename))
+
+    def commit(self, info: data.DatasetInfo, manifest_rows: list[tuple], skipped_rows: list[tuple]) -> None:
+        for split in data.SPLITS:
+            self._close(split)
+        final_names = set()
+        for split, temps in self._shards.items():
+            for index, temp in enumerate(temps):
+                name = data.shard_filename(split, index, len(temps))
+                os.replace(temp, os.path.join(self.out_dir, name))
+                final_names.add(name)
+        self._write_csv(data.MANIFEST_FILENAME, MANIFEST_COLUMNS, manifest_rows)
+        self._write_csv(data.SKIPPED_FILENAME, SKIPPED_COLUMNS, skipped_rows)
+        self._temp_paths.append(os.path.join(self.out_dir, data.INFO_FILENAME + ".tmp"))  # DatasetInfo.save's temp
+        info.save(self.out_dir)
+        for name in os.listdir(self.out_dir):
+            match = _SHARD_NAME.match(name)
+            is_shard = match and name == data.shard_filename(match[1], int(match[2]), int(match[3]))
+            if is_shard and name not in final_names:
+                os.remove(os.path.join(self.out_dir, name))
+
+    def discard(self) -> None:
+        for split in data.SPLITS:
+            self._close(split)
+        for path in self._temp_paths:
+            if os.path.exists(path):
+                os.remove(path)
+
+
+def _versions() -> dict[str, str]:
+    """Versions of everything that shapes the stored bytes (no timestamps: re-runs are identical)."""
+    return {
+        "amych_tf": amych_tf.__version__,
+        "tensorflow": tf.__version__,
+        "librosa": librosa.__version__,
+        "soxr": soxr.__version__,
+        "soundfile": soundfile.__version__,
+        "libsndfile": soundfile.__libsndfile_version__,
+        "numpy": np.__version__,
+    }
+
+
+def _check_arguments(
+    audio_dir, out_dir, layout, num_classes, sol_classes, seed, num_workers, shard_size, storage_dtype
+) -> None:
+    """Raise PrepareError on any invalid argument, before any work is done."""
+    if layout not in layouts.LAYOUTS:
+        raise PrepareError(f"--layout must be one of {', '.join(layouts.LAYOUTS)}, got {layout!r}")
+    if not os.path.exists(audio_dir):
+        raise PrepareError(f"--audio_dir {audio_dir!r} does not exist")
+    if not os.path.isdir(audio_dir):
+        raise PrepareError(f"--audio_dir {audio_dir!r} is not a directory")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise PrepareError(f"--out_dir {out_dir!r} exists and is not a directory")
+    if num_classes is not None and layout != "librispeech":
+        raise PrepareError("--num_classes applies to --layout=librispeech only")
+    if num_classes is not None and num_classes < 1:
+        raise PrepareError(f"--num_classes must be at least 1, got {num_classes}")
+    if sol_classes not in layouts.SOL_CLASS_CHOICES:
+        raise PrepareError(f"--sol_classes must be one of {', '.join(layouts.SOL_CLASS_CHOICES)}, got {sol_classes!r}")
+    if seed < 0:
+        raise PrepareError(f"--seed must be >= 0, got {seed}")
+    if num_workers < 1:
+        raise PrepareError(f"--num_workers must be at least 1, got {num_workers}")
+    if shard_size < 1:
+        raise PrepareError(f"--shard_size must be at least 1, got {shard_size}")
+    if storage_dtype not in data.STORAGE_DTYPES:
+        raise PrepareError(f"--storage_dtype must be one of {', '.join(data.STORAGE_DTYPES)}, got {storage_dtype!r}")
+
+
+def _keep_top_speakers(discovery, audio_dir, num_classes, pool, num_workers, show_progress) -> layouts.Discovery:
+    """LibriSpeech: the `num_classes` speakers with the most audio (header durations), labelled by rank."""
+    owners = [(speaker, path) for speaker in discovery.class_names for path in discovery.files[speaker]]
+    chunks = [owners[i : i + HEADER_PATHS_PER_TASK] for i in range(0, len(owners), HEADER_PATHS_PER_TASK)]
+    tasks = (([os.path.join(audio_dir, path) for _, path in chunk],) for chunk in chunks)
+    totals = dict.fromkeys(discovery.class_names, 0.0)
+    progress = _Progress("reading durations", len(chunks), show_progress)
+    for chunk, durations in zip(chunks, _map_in_order(audio.header_durations, tasks, pool, 2 * num_workers)):
+        for (speaker, _), duration in zip(chunk, durations):
+            totals[speaker] += duration
+        progress.advance()
+    kept = discovery.keep(layouts.rank_speakers(totals, num_classes))
+    if len(kept.class_names) < num_classes:
+        kept.warnings.append(f"asked for {num_classes} speakers, found {len(kept.class_names)}: keeping all")
+    return kept
+
+
+@dataclasses.dataclass
+class _Converted:
+    """What `_convert` wrote, for the manifest, skipped.csv and dataset_info.json."""
+
+    manifest_rows: list[tuple]
+    skipped_rows: list[tuple]
+    class_counts: dict[str, dict[str, int]]  # split -> class name -> examples
+    skipped_per_class: dict[str, collections.Counter]  # class name -> reason kind -> files
+
+    @property
+    def skipped_by_reason(self) -> collections.Counter:
+        return sum(self.skipped_per_class.values(), collections.Counter())
+
+
+def _convert(plan, class_names, audio_dir, features, storage_dtype, writer, pool, num_workers, show_progress):
+    """Decode every planned file (in `pool`), compute its log-Mel here and write it to `writer`."""
+    # One trace for every clip length. A closure, not functools.partial: a partial's
+    # keyword (the config) becomes part of the call signature and is re-hashed per call.
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)], autograph=False)
+    def compute_log_mel(waveform):
+        return spectral.log_mel(waveform, features)
+
+    converted = _Converted(
+        manifest_rows=[],
+        skipped_rows=[],
+        class_counts={split: dict.fromkeys(class_names, 0) for split in data.SPLITS},
+        skipped_per_class={name: collections.Counter() for name in class_names},
+    )
+    min_samples = features.num_samples(data.MIN_FRAMES)
+    tasks = ((os.path.join(audio_dir, clip.path), features.sample_rate, min_samples) for clip in plan)
+    outcomes = _map_in_order(audio.load_clip_or_reason, tasks, pool, CLIPS_IN_FLIGHT_PER_WORKER * num_workers)
+    progress = _Progress("preparing", len(plan), show_progress)
+    for clip, outcome in zip(plan, outcomes):
+        progress.advance()
+        if isinstance(outcome, audio.UnusableAudio):
+            converted.skipped_rows.append((clip.path, str(outcome)))
+            converted.skipped_per_class[clip.class_name][outcome.kind] += 1
+            continue
+        log_mel = compute_log_mel(outcome.waveform).numpy()
+        example = data.encode_example(
+            log_mel, label=clip.label, class_name=clip.class_name, path=clip.path, storage_dtype=storage_dtype
+        )
+        writer.write(clip.split, example)
+        converted.manifest_rows.append(
+            (clip.split, clip.label, clip.class_name, clip.path, f"{outcome.source_duration:.6f}", log_mel.shape[0])
+        )
+        converted.class_counts[clip.split][clip.class_name] += 1
+    return converted
+
+
+def _check_usable(converted: _Converted, num_planned: int) -> None:
+    """Raise if nothing, or nothing of some class, could be used."""
+    if not converted.manifest_rows:
+        raise NoUsableFilesError(
+            f"none of the {num_planned} audio files found could be used ({_count_phrase(converted.skipped_by_reason)})"
+        )
+    empty = [
+        name
+        for name in converted.skipped_per_class
+        if all(converted.class_counts[split][name] == 0 for split in data.SPLITS)
+    ]
+    if empty:
+        details = "; ".join(
+            f"{name!r} (all {sum(converted.skipped_per_class[name].values())} skipped: "
+            f"{_count_phrase(converted.skipped_per_class[name])})"
+            for name in empty
+        )
+        raise EmptyClassError(f"{len(empty)} class(es) have no usable audio file: {details}")
+
+
+def prepare_dataset(
+    audio_dir: str,
+    out_dir: str,
+    *,
+    layout: str,
+    features: FeatureConfig,
+    num_classes: int | None = None,
+    sol_classes: str = "paper",
+    seed: int = 0,
+    num_workers: int = 1,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    storage_dtype: str = "float32",
+    show_progress: bool = False,
+) -> PrepareSummary:
+    """Convert the audio under `audio_dir` into a prepared dataset in `out_dir`.
+
+    Args:
+      audio_dir: the collection, in `layout`.
+      out_dir: the dataset directory (created if needed; an earlier dataset there is replaced).
+      layout: one of layouts.LAYOUTS: "sol", "librispeech" or "folders".
+      features: log-Mel parameters (see `resolve_features`).
+      num_classes: LibriSpeech only: keep the speakers with the most audio
+        (default DEFAULT_LIBRISPEECH_CLASSES).
+      sol_classes: SOL only: "paper" (the 33 classes of NOTES.md) or "discovered".
+      seed: seed of the split.
+      num_workers: decoding processes (1: decode in this process).
+      shard_size: examples per shard.
+      storage_dtype: "float32" or "float16".
+      show_progress: draw a progress line on stderr.
+
+    Raises:
+      PrepareError: invalid arguments (before any work is done);
+      NoUsableFilesError, EmptyClassError: nothing written in that case.
+    """
+    start = time.monotonic()
+    _check_arguments(audio_dir, out_dir, layout, num_classes, sol_classes, seed, num_workers, shard_size, storage_dtype)
+    discovery = layouts.discover(layout, audio_dir, sol_classes=sol_classes)
+    if discovery.num_files == 0:
+        for warning in discovery.warnings:
+            logging.warning(warning)
+        ignored = f"; {discovery.num_ignored} other audio file(s) ignored, see the warnings" if discovery.num_ignored else ""
+        raise NoUsableFilesError(
+            f"no audio files ({', '.join(audio.AUDIO_EXTENSIONS)}) found under {audio_dir!r} in the {layout} layout "
+            f"({layouts.LAYOUT_DESCRIPTIONS[layout]}){ignored}"
+        )
+    with _worker_pool(num_workers) as pool:
+        if layout == "librispeech":
+            discovery = _keep_top_speakers(
+                discovery, audio_dir, num_classes or DEFAULT_LIBRISPEECH_CLASSES, pool, num_workers, show_progress
+            )
+        for warning in discovery.warnings:
+            logging.warning(warning)
+        plan = assign_splits(discovery, seed)
+        created_out_dir = not os.path.isdir(out_dir)
+        os.makedirs(out_dir, exist_ok=True)
+        writer = DatasetWriter(out_dir, shard_size)
+        committed = False
+        try:
+            converted = _convert(
+                plan, discovery.class_names, audio_dir, features, storage_dtype,
+                writer, pool, num_workers, show_progress,
+            )
+            _check_usable(converted, len(plan))
+            split_counts = {split: sum(counts.values()) for split, counts in converted.class_counts.items()}
+            info = data.DatasetInfo(
+                features=features,
+                class_names=list(discovery.class_names),
+                split_counts=split_counts,
+                num_shards=writer.num_shards,
+                storage_dtype=storage_dtype,
+                layout=layout,
+                seed=seed,
+                class_counts=converted.class_counts,
+                num_skipped=len(converted.skipped_rows),
+                versions=_versions(),
+            )
+            writer.commit(info, converted.manifest_rows, sorted(converted.skipped_rows))
+            committed = True
+        finally:
+            writer.discard()
+            if not committed and created_out_dir and not os.listdir(out_dir):
+                os.rmdir(out_dir)  # a failed first run leaves no trace
+    return PrepareSummary(
+        out_dir=out_dir,
+        layout=layout,
+        features=features,
+        storage_dtype=storage_dtype,
+        class_names=list(discovery.class_names),
+        num_found=len(plan),
+        num_ignored=discovery.num_ignored,
+        split_counts=split_counts,
+        num_shards=writer.num_shards,
+        skipped_by_reason=dict(converted.skipped_by_reason),
+        warnings=list(discovery.warnings),
+        seconds=time.monotonic() - start,
+    )

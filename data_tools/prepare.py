@@ -1,0 +1,96 @@
+r"""Convert an audio collection into a prepared amych_tf dataset.
+
+    python -m data_tools.prepare --layout=sol --audio_dir=SOL --out_dir=data/sol
+    python -m data_tools.prepare --layout=librispeech \
+        --audio_dir=LibriSpeech/train-clean-360 --out_dir=data/librispeech --num_classes=128
+    python -m data_tools.prepare --layout=folders --audio_dir=my_sounds --out_dir=data/mine
+
+Features default to the layout's preset (sol -> sol, librispeech -> librispeech,
+folders -> sol); --preset and the feature flags override it. See
+data_tools.conversion for what is written and the decisions behind it.
+Errors print one line, `error: ...`, and exit with status 1.
+"""
+
+import os
+import sys
+
+from absl import app, flags
+
+from data_tools import layouts
+
+# This module imports data_tools.conversion (and with it TensorFlow) only inside
+# `main`: spawned decoding workers re-import the main module as __mp_main__ and
+# must not load TensorFlow.
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("layout", None, layouts.LAYOUTS, "Directory layout of --audio_dir.", required=True)
+flags.DEFINE_string("audio_dir", None, "Directory of the source audio.", required=True)
+flags.DEFINE_string(
+    "out_dir", None, "Directory of the prepared dataset (created; earlier outputs replaced).", required=True
+)
+flags.DEFINE_string("preset", None, "Feature preset, 'sol' or 'librispeech' (default: the layout's).")
+flags.DEFINE_integer("sample_rate", None, "Override the preset's sample rate (Hz).")
+flags.DEFINE_integer("n_fft", None, "Override the preset's FFT / window length (samples).")
+flags.DEFINE_integer("hop_length", None, "Override the preset's hop (samples).")
+flags.DEFINE_integer("n_mels", None, "Override the preset's number of mel bands.")
+flags.DEFINE_float("fmin", None, "Override the lowest mel frequency (Hz; preset: 0).")
+flags.DEFINE_float("fmax", None, "Override the highest mel frequency (Hz; preset: Nyquist).")
+flags.DEFINE_integer(
+    "num_classes", None, "LibriSpeech: keep the N speakers with the most audio, labelled by that rank (default 128)."
+)
+flags.DEFINE_enum(
+    "sol_classes",
+    "paper",
+    layouts.SOL_CLASS_CHOICES,
+    "SOL: 'paper' = the paper's 33 classes in its label order; 'discovered' = every Family/Instrument found, sorted.",
+)
+flags.DEFINE_integer("seed", 0, "Seed of the 70/10/20 train/validation/test split.")
+flags.DEFINE_integer("num_workers", os.cpu_count() or 1, "Decoding processes (1: decode in the main process).")
+flags.DEFINE_integer("shard_size", 1000, "Examples per TFRecord shard.")
+flags.DEFINE_enum("storage_dtype", "float32", ["float32", "float16"], "Precision of the stored log-Mel.")
+flags.DEFINE_bool("progress", True, "Show a progress line on stderr.")
+
+
+def main(argv) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from data_tools import conversion
+
+    try:
+        features = conversion.resolve_features(
+            FLAGS.layout,
+            FLAGS.preset,
+            sample_rate=FLAGS.sample_rate,
+            n_fft=FLAGS.n_fft,
+            hop_length=FLAGS.hop_length,
+            n_mels=FLAGS.n_mels,
+            fmin=FLAGS.fmin,
+            fmax=FLAGS.fmax,
+        )
+        summary = conversion.prepare_dataset(
+            FLAGS.audio_dir,
+            FLAGS.out_dir,
+            layout=FLAGS.layout,
+            features=features,
+            num_classes=FLAGS.num_classes,
+            sol_classes=FLAGS.sol_classes,
+            seed=FLAGS.seed,
+            num_workers=FLAGS.num_workers,
+            shard_size=FLAGS.shard_size,
+            storage_dtype=FLAGS.storage_dtype,
+            show_progress=FLAGS.progress,
+        )
+    except conversion.PrepareError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(summary)
+    return 0
+
+
+def run() -> None:
+    """Console-script entry point (`amych-prepare`)."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
