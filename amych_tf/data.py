@@ -28,6 +28,7 @@ from typing import Any, Mapping
 import numpy as np
 import tensorflow as tf
 
+from amych_tf import transforms
 from amych_tf.spectral import FeatureConfig
 
 FORMAT_VERSION = 1
@@ -139,7 +140,9 @@ def encode_example(
             }
         )
     )
-    return example.SerializeToString()
+    # deterministic: map fields (Features.feature) otherwise serialise in a per-process
+    # hash order, and re-running data preparation must give byte-identical shards.
+    return example.SerializeToString(deterministic=True)
 
 
 FEATURE_SPEC = {
@@ -169,3 +172,406 @@ def parse_example(serialized: tf.Tensor, *, num_mels: int, storage_dtype: str = 
         "class_name": parsed["class_name"],
         "path": parsed["path"],
     }
+
+
+# ---------------------------------------------------------------------------
+# tf.data pipelines
+#
+# Every element is `(features, labels)`: features = {"log_mel": float32
+# [B, T, F], "mask": float32 [B, T] (1 = real frame, 0 = padding)}, labels =
+# int32 [B]. `evaluation_dataset(..., with_metadata=True)` adds "path"
+# (string [B]) and "num_frames" (int32 [B]) to the features.
+#
+# Randomness (training only) is reproducible: with the same `seed` (and the
+# same TensorFlow global seed, if one is set) the same directory gives the
+# same stream of batches in every run. Three streams are derived from `seed`
+# by numpy's SeedSequence: the order of the shards, the shuffle buffer of
+# records (both reshuffled at each iteration of the dataset, i.e. each Keras
+# epoch) and a per-element pair of stateless seeds drawn by
+# `tf.data.Dataset.random(rerandomize_each_iteration=True)`. The crop offset
+# and the augmentation are stateless ops keyed by that pair, so they do not
+# depend on how many map calls run in parallel. Iteration k of a dataset object
+# is reproducible; a fresh dataset object starts again at the stream of the
+# first epoch (resuming mid-training does not continue the sequence).
+
+# NOTES.md, training-time augmentation (standard deviations).
+PITCH_LOG_STD = 0.15
+BIAS_STD = 0.05
+NOISE_STD = 0.01
+# Evaluation batches are padded to a multiple of 2 ** n_pools frames (n_pools = 4).
+DEFAULT_MULTIPLE_OF = 16
+# Serialised records held by the training shuffle buffer (shards store clips by
+# class, so the buffer plus interleaving every shard is what mixes classes).
+DEFAULT_SHUFFLE_BUFFER = 2048
+
+
+def load_dataset_info(data_dir: str, expected_features: FeatureConfig | None = None) -> DatasetInfo:
+    """Read and validate a prepared dataset directory.
+
+    Checks that `data_dir` exists, that dataset_info.json is present and well
+    formed, that every shard it lists exists, and (if `expected_features` is
+    given, e.g. a model's or a config's) that the dataset's feature parameters
+    match.
+
+    Raises:
+      FileNotFoundError: the directory, dataset_info.json or a shard is missing.
+      ValueError: dataset_info.json is malformed or of another format version,
+        or the features differ from `expected_features` (the message names
+        every differing parameter).
+    """
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"dataset directory {data_dir!r} does not exist")
+    try:
+        info = DatasetInfo.load(data_dir)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{os.path.join(data_dir, INFO_FILENAME)} is not valid JSON: {error}") from None
+    except (KeyError, TypeError) as error:
+        raise ValueError(
+            f"{os.path.join(data_dir, INFO_FILENAME)} is malformed ({type(error).__name__}: {error}); "
+            "re-run data_tools.prepare"
+        ) from None
+    for split in SPLITS:
+        if info.split_counts.get(split, 0) > 0 and info.num_shards.get(split, 0) == 0:
+            raise ValueError(
+                f"dataset {data_dir!r} counts {info.split_counts[split]} {split} examples but lists no {split} shard"
+            )
+        missing = [path for path in info.shard_paths(data_dir, split) if not os.path.isfile(path)]
+        if missing:
+            raise FileNotFoundError(
+                f"dataset {data_dir!r}: {len(missing)} of {info.num_shards[split]} {split} shard(s) are missing: "
+                + ", ".join(os.path.basename(path) for path in missing[:5])
+                + (", ..." if len(missing) > 5 else "")
+            )
+    if expected_features is not None:
+        expected_features.check_compatible(info.features, what=f"dataset {data_dir}")
+    return info
+
+
+def steps_per_epoch(info: DatasetInfo, split: str, global_batch_size: int, *, drop_remainder: bool = True) -> int:
+    """Batches (global steps) in one pass over `split` at `global_batch_size`.
+
+    `drop_remainder=True` matches `training_dataset`, False matches
+    `evaluation_dataset`, for a single input pipeline (one worker, any number
+    of replicas). With several workers sharding by files, shards of unequal
+    length make the per-worker count differ from this.
+    """
+    if global_batch_size < 1:
+        raise ValueError(f"global_batch_size must be positive, got {global_batch_size}")
+    count = info.split_counts.get(split, 0)
+    return count // global_batch_size if drop_remainder else -(-count // global_batch_size)
+
+
+def crop_indices(num_frames: tf.Tensor, length: int, seed: tf.Tensor) -> tf.Tensor:
+    """Frame indices int32 [length] of a random training crop of a clip of `num_frames`.
+
+    A clip at least `length` long gets a uniformly drawn window
+    `[offset, offset + length)`, offset in [0, num_frames - length]. A shorter
+    clip is tiled (repeated along time, NOTES.md) and cropped at a uniformly
+    drawn phase: indices `(offset + t) % num_frames`, offset in
+    [0, num_frames - 1]. Branch-free; `seed` is a stateless seed [2].
+    """
+    num_frames = tf.cast(num_frames, tf.int32)
+    max_offset = tf.where(num_frames >= length, num_frames - length, num_frames - 1)
+    offset = tf.random.stateless_uniform([], seed, minval=0, maxval=max_offset + 1, dtype=tf.int32)
+    return (offset + tf.range(length, dtype=tf.int32)) % num_frames
+
+
+def augment_log_mel(log_mel: tf.Tensor, seed: tf.Tensor, mel_values) -> tf.Tensor:
+    """The training augmentation of NOTES.md on one clip's log-Mel [T, F].
+
+    In this order, each drawn from the stateless `seed` [2]:
+      * pitch: `transforms.pitch_shift` by the ratio exp(0.15 N(0, 1)) on the
+        dataset's mel grid `mel_values` (FeatureConfig.mel_values()), border
+        values held;
+      * bias: 0.05 N(0, 1) added to the whole spectrogram;
+      * noise: 0.01 N(0, 1) added to each bin.
+    """
+    pitch_seed, bias_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+    ratio = tf.exp(PITCH_LOG_STD * tf.random.stateless_normal([], pitch_seed))
+    log_mel = transforms.pitch_shift(log_mel, ratio, mel_values)
+    log_mel = log_mel + BIAS_STD * tf.random.stateless_normal([], bias_seed)
+    return log_mel + NOISE_STD * tf.random.stateless_normal(tf.shape(log_mel), noise_seed)
+
+
+def tile_pad(log_mel: tf.Tensor, num_frames: tf.Tensor, multiple_of: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """Pad a batch of clips along time by tiling each clip; return (log_mel, mask).
+
+    `log_mel` [B, T0, F] holds clip b in its first `num_frames[b]` frames
+    (anything after is ignored). The result has T frames, the longest clip
+    rounded up to a multiple of `multiple_of`; frame t of clip b is its frame
+    `t % num_frames[b]`, so the encoder sees the clip itself as context rather
+    than zeros (training crops of short clips are tiled the same way). `mask`
+    float32 [B, T] is 1 on the real frames (t < num_frames[b]), 0 on the
+    padding. Branch-free.
+    """
+    num_frames = tf.cast(num_frames, tf.int32)
+    padded_length = (tf.reduce_max(num_frames) + multiple_of - 1) // multiple_of * multiple_of
+    frames = tf.range(padded_length, dtype=tf.int32)
+    indices = frames[tf.newaxis, :] % num_frames[:, tf.newaxis]
+    mask = tf.cast(frames[tf.newaxis, :] < num_frames[:, tf.newaxis], tf.float32)
+    return tf.gather(log_mel, indices, batch_dims=1), mask
+
+
+def _derived_seeds(seed: int, count: int) -> list[int]:
+    """`count` independent op seeds (non-negative int32) derived from one integer seed."""
+    return [int(value) for value in np.random.SeedSequence(seed).generate_state(count) >> 1]
+
+
+def _input_pipelines(input_context: tf.distribute.InputContext | None) -> tuple[int, int, int]:
+    """(number of input pipelines, this pipeline's id, replicas fed by each pipeline)."""
+    if input_context is None:
+        return 1, 0, 1
+    pipelines = input_context.num_input_pipelines
+    return pipelines, input_context.input_pipeline_id, max(input_context.num_replicas_in_sync // pipelines, 1)
+
+
+def _split_shards(info: DatasetInfo, data_dir: str, split: str) -> list[str]:
+    paths = info.shard_paths(data_dir, split)
+    if not paths or info.split_counts.get(split, 0) == 0:
+        raise ValueError(f"dataset {data_dir!r} has no {split} examples")
+    return paths
+
+
+def training_dataset(
+    data_dir: str,
+    *,
+    batch_size: int,
+    train_frames: int,
+    seed: int,
+    augment: bool = True,
+    input_context: tf.distribute.InputContext | None = None,
+    info: DatasetInfo | None = None,
+    shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+    cycle_length: int | None = None,
+) -> tf.data.Dataset:
+    """One epoch of shuffled, cropped and (optionally) augmented training batches.
+
+    Pipeline: shard files -> shuffle files -> parallel interleave of the
+    TFRecord shards (deterministic) -> [shard examples] -> shuffle records ->
+    parse, crop to `train_frames` (`crop_indices`), augment (`augment_log_mel`) ->
+    batch (drop_remainder) -> prefetch. Not repeated: one pass is one epoch,
+    and each new iteration (each Keras epoch) reshuffles and redraws the crops
+    and augmentation. The comment opening this section says how the seeds work.
+
+    Args:
+      data_dir: a prepared dataset directory; reads its train split.
+      batch_size: examples per batch; with `input_context`, the per-replica
+        batch size (`input_context.get_per_replica_batch_size(global)`).
+      train_frames: frames per training crop (256 for SOL, 192 for LibriSpeech).
+      seed: seed of the shuffles, crops and augmentation.
+      augment: apply the pitch / bias / noise augmentation.
+      input_context: from `strategy.distribute_datasets_from_function`. The
+        input is sharded across input pipelines (workers): by files when
+        there are at least as many train shards as pipelines, otherwise by
+        examples. When one pipeline feeds r replicas (MirroredStrategy), it
+        batches r * batch_size examples with drop_remainder and splits them
+        into r per-replica batches, so every step gives every replica a full
+        batch.
+      info: the directory's DatasetInfo, if already loaded (and validated).
+      shuffle_buffer: serialised records in the shuffle buffer.
+      cycle_length: shards read concurrently; default all of this pipeline's
+        shards, so that every shard contributes throughout the epoch.
+
+    Returns:
+      A dataset of ({"log_mel": float32 [batch_size, train_frames, F],
+      "mask": float32 [batch_size, train_frames] (all ones)}, int32 labels
+      [batch_size]). Its cardinality is known unless sharded by files.
+    """
+    if batch_size < 1 or train_frames < 1 or shuffle_buffer < 1:
+        raise ValueError(
+            f"batch_size, train_frames and shuffle_buffer must be positive, got {batch_size}, "
+            f"{train_frames}, {shuffle_buffer}"
+        )
+    info = info if info is not None else load_dataset_info(data_dir)
+    paths = _split_shards(info, data_dir, "train")
+    num_pipelines, pipeline_id, replicas_per_pipeline = _input_pipelines(input_context)
+    examples_per_step = batch_size * replicas_per_pipeline
+    if info.split_counts["train"] < examples_per_step * num_pipelines:
+        raise ValueError(
+            f"dataset {data_dir!r} has {info.split_counts['train']} train examples, fewer than one global batch "
+            f"of {examples_per_step * num_pipelines}: an epoch would have no batch"
+        )
+    file_seed, record_seed, element_seed = _derived_seeds(seed, 3)
+    shard_by_files = len(paths) >= num_pipelines
+    if shard_by_files:
+        paths = paths[pipeline_id::num_pipelines]
+    files = tf.data.Dataset.from_tensor_slices(paths).shuffle(
+        len(paths), seed=file_seed, reshuffle_each_iteration=True
+    )
+    records = files.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=min(cycle_length or len(paths), len(paths)),
+        block_length=1,
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    if not shard_by_files:
+        records = records.shard(num_pipelines, pipeline_id)
+    # Examples this pipeline reads, known unless sharded by files (shard sizes are not recorded).
+    pipeline_count = None
+    if num_pipelines == 1 or not shard_by_files:
+        pipeline_count = len(range(pipeline_id, info.split_counts["train"], num_pipelines))
+        records = records.apply(tf.data.experimental.assert_cardinality(pipeline_count))
+    records = records.shuffle(shuffle_buffer, seed=record_seed, reshuffle_each_iteration=True)
+    element_seeds = tf.data.Dataset.random(seed=element_seed, rerandomize_each_iteration=True).batch(2)
+    num_mels, storage_dtype = info.features.n_mels, info.storage_dtype
+    mel_values = info.features.mel_values()
+
+    def make_example(serialized, element_seed):
+        example = parse_example(serialized, num_mels=num_mels, storage_dtype=storage_dtype)
+        crop_seed, augment_seed = tf.unstack(tf.random.experimental.stateless_split(element_seed, 2))
+        log_mel = tf.gather(example["log_mel"], crop_indices(example["num_frames"], train_frames, crop_seed))
+        if augment:
+            log_mel = augment_log_mel(log_mel, augment_seed, mel_values)
+        return {"log_mel": log_mel, "mask": tf.ones([train_frames], tf.float32)}, example["label"]
+
+    dataset = tf.data.Dataset.zip(records, element_seeds).map(
+        make_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
+    dataset = dataset.batch(examples_per_step, drop_remainder=True)
+    if replicas_per_pipeline > 1:
+        dataset = dataset.rebatch(batch_size, drop_remainder=True)
+        if pipeline_count is not None:  # rebatch forgets the cardinality
+            num_batches = pipeline_count // examples_per_step * replicas_per_pipeline
+            dataset = dataset.apply(tf.data.experimental.assert_cardinality(num_batches))
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def evaluation_dataset(
+    data_dir: str,
+    split: str,
+    *,
+    batch_size: int,
+    multiple_of: int = DEFAULT_MULTIPLE_OF,
+    with_metadata: bool = False,
+    input_context: tf.distribute.InputContext | None = None,
+    info: DatasetInfo | None = None,
+) -> tf.data.Dataset:
+    """Every full-length clip of `split`, in file order, in padded batches.
+
+    Clips come in manifest order (shard 0 first, each shard in order), are
+    batched `batch_size` at a time (the last batch may be smaller), and each
+    batch is padded along time to its longest clip rounded up to a multiple
+    of `multiple_of` (2 ** n_pools, so the encoder's pooling divides it) by
+    tiling every clip (`tile_pad`); `mask` marks the real frames.
+
+    Args:
+      data_dir: a prepared dataset directory.
+      split: "train", "validation" or "test".
+      batch_size: clips per batch; with `input_context`, per replica.
+      multiple_of: the padded length is a multiple of this.
+      with_metadata: also return "path" (string [B]) and "num_frames"
+        (int32 [B]) in the features.
+      input_context: from `strategy.distribute_datasets_from_function`. With
+        several input pipelines (workers) the clips are sharded by examples
+        (clip i goes to pipeline i % num_input_pipelines), so every pipeline
+        gets work whatever the number of shards; the order is then the file
+        order within each pipeline. A pipeline feeding several replicas deals
+        its consecutive batches to them in turn.
+      info: the directory's DatasetInfo, if already loaded (and validated).
+
+    Returns:
+      A dataset of ({"log_mel": float32 [B, T, F], "mask": float32 [B, T]
+      [, "path", "num_frames"]}, int32 labels [B]) with known cardinality.
+    """
+    if batch_size < 1 or multiple_of < 1:
+        raise ValueError(f"batch_size and multiple_of must be positive, got {batch_size} and {multiple_of}")
+    info = info if info is not None else load_dataset_info(data_dir)
+    paths = _split_shards(info, data_dir, split)
+    num_pipelines, pipeline_id, _ = _input_pipelines(input_context)
+    records = tf.data.TFRecordDataset(paths)
+    if num_pipelines > 1:
+        records = records.shard(num_pipelines, pipeline_id)
+    pipeline_count = len(range(pipeline_id, info.split_counts[split], num_pipelines))
+    records = records.apply(tf.data.experimental.assert_cardinality(pipeline_count))
+    num_mels, storage_dtype = info.features.n_mels, info.storage_dtype
+
+    def parse(serialized):
+        example = parse_example(serialized, num_mels=num_mels, storage_dtype=storage_dtype)
+        return {key: example[key] for key in ("log_mel", "num_frames", "label", "path")}
+
+    def pad(batch):
+        log_mel, mask = tile_pad(batch["log_mel"], batch["num_frames"], multiple_of)
+        features = {"log_mel": log_mel, "mask": mask}
+        if with_metadata:
+            features.update(path=batch["path"], num_frames=batch["num_frames"])
+        return features, batch["label"]
+
+    dataset = records.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = dataset.padded_batch(batch_size).map(pad, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _per_replica_batch_size(strategy: tf.distribute.Strategy, global_batch_size: int) -> int:
+    replicas = strategy.num_replicas_in_sync
+    if global_batch_size < 1 or global_batch_size % replicas:
+        raise ValueError(
+            f"global_batch_size ({global_batch_size}) must be a positive multiple of the number of replicas "
+            f"({replicas})"
+        )
+    return global_batch_size // replicas
+
+
+def distributed_training_dataset(
+    strategy: tf.distribute.Strategy,
+    data_dir: str,
+    *,
+    global_batch_size: int,
+    train_frames: int,
+    seed: int,
+    augment: bool = True,
+    info: DatasetInfo | None = None,
+    shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+    cycle_length: int | None = None,
+) -> tf.distribute.DistributedDataset:
+    """`training_dataset` through `strategy.distribute_datasets_from_function`.
+
+    Each replica receives batches of global_batch_size / num_replicas_in_sync
+    (ValueError if that does not divide). Keras 3 `fit` accepts the result.
+    """
+    per_replica = _per_replica_batch_size(strategy, global_batch_size)
+    info = info if info is not None else load_dataset_info(data_dir)
+    return strategy.distribute_datasets_from_function(
+        lambda input_context: training_dataset(
+            data_dir,
+            batch_size=per_replica,
+            train_frames=train_frames,
+            seed=seed,
+            augment=augment,
+            input_context=input_context,
+            info=info,
+            shuffle_buffer=shuffle_buffer,
+            cycle_length=cycle_length,
+        )
+    )
+
+
+def distributed_evaluation_dataset(
+    strategy: tf.distribute.Strategy,
+    data_dir: str,
+    split: str,
+    *,
+    global_batch_size: int,
+    multiple_of: int = DEFAULT_MULTIPLE_OF,
+    with_metadata: bool = False,
+    info: DatasetInfo | None = None,
+) -> tf.distribute.DistributedDataset:
+    """`evaluation_dataset` through `strategy.distribute_datasets_from_function`.
+
+    Each replica receives batches of global_batch_size / num_replicas_in_sync
+    (ValueError if that does not divide); the last step may give some
+    replicas a smaller or an empty batch, and every clip is seen exactly once.
+    """
+    per_replica = _per_replica_batch_size(strategy, global_batch_size)
+    info = info if info is not None else load_dataset_info(data_dir)
+    return strategy.distribute_datasets_from_function(
+        lambda input_context: evaluation_dataset(
+            data_dir,
+            split,
+            batch_size=per_replica,
+            multiple_of=multiple_of,
+            with_metadata=with_metadata,
+            input_context=input_context,
+            info=info,
+        )
+    )
