@@ -224,3 +224,118 @@ class NonFiniteGuard(keras.callbacks.Callback):
                 f"loss became {float(loss)} at batch {batch}; stopped before saving anything. "
                 "Lower --learning_rate or check the data (dataset_info.json, non-finite log-Mel values)."
             )
+
+
+class TrainingScalars(keras.callbacks.Callback):
+    """TensorBoard scalars Keras does not log: learning rate per group, beta, curriculum stage."""
+
+    def __init__(self, log_dir):
+        super().__init__()
+        self.log_dir = log_dir
+        self.writer = None
+
+    def on_train_begin(self, logs=None):
+        import tensorflow as tf
+
+        self.writer = tf.summary.create_file_writer(self.log_dir)
+
+    def on_epoch_end(self, epoch, logs=None):
+        import tensorflow as tf
+
+        optimizer = self.model.optimizer
+        base = float(optimizer.learning_rate.numpy())
+        with self.writer.as_default(step=epoch):
+            for name in optimizer.group_names:
+                tf.summary.scalar(f"learning_rate/{name}", base * optimizer.get_group_scale(name))
+            tf.summary.scalar("beta", float(self.model.beta.numpy()))
+            tf.summary.scalar("curriculum_stage", float(self.model.curriculum_state.numpy()[STAGE]))
+        self.writer.flush()
+
+
+class TensorBoardMedia(keras.callbacks.Callback):
+    """Images, audio and histograms in TensorBoard every `every_epochs` epochs.
+
+    Over `validation` (padded full-clip batches of amych_tf.data.evaluation_dataset):
+      images   prototype gallery; input / reconstruction / error with the winning
+               prototype for the first `num_examples` clips; confusion matrix
+               (true class x winning prototype); assignment histogram;
+      audio    every prototype held for `audio_seconds` and rendered through the
+               inverse front end (Griffin-Lim), so it can be heard in TensorBoard;
+      histograms  gain, pitch ratio and filter parameters of the winning prototype
+               over the valid frames of the validation clips.
+    """
+
+    def __init__(self, log_dir, validation, dataset_info, every_epochs=5, num_examples=4, audio_seconds=1.0,
+                 griffin_lim_iters=32):
+        super().__init__()
+        self.log_dir = log_dir
+        self.validation = validation
+        self.info = dataset_info
+        self.every_epochs = every_epochs
+        self.num_examples = num_examples
+        self.audio_seconds = audio_seconds
+        self.griffin_lim_iters = griffin_lim_iters
+        self.writer = None
+
+    def on_train_begin(self, logs=None):
+        import tensorflow as tf
+
+        self.writer = tf.summary.create_file_writer(self.log_dir)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every_epochs == 0:
+            self.write(epoch)
+
+    def write(self, step):
+        import tensorflow as tf
+
+        from amych_tf import plots, spectral
+
+        model = self.model
+        names = model.class_names if model.mode == "supervised" and model.class_names else None
+        prototypes = np.array(model.prototypes.numpy())
+        parameter_names = ("gain", "pitch_ratio", "low_slope", "low_cutoff", "high_slope", "high_cutoff")
+
+        def image(tag, figure):
+            png = plots.figure_to_png(figure)
+            tf.summary.image(tag, tf.expand_dims(tf.image.decode_png(png, channels=4), 0))
+
+        labels, winners, parameters = [], [], {name: [] for name in parameter_names}
+        shown = 0
+        with self.writer.as_default(step=step):
+            for features, batch_labels in self.validation:
+                outputs = model(features, training=False, return_details=True)
+                batch_winners = np.argmin(outputs["rec_errors"].numpy(), axis=1)
+                mask = features["mask"].numpy() > 0
+                rows = np.arange(len(batch_winners))
+                for name in parameter_names:
+                    values = outputs[name].numpy()[rows, :, batch_winners]  # [examples, T]
+                    parameters[name].append(values[mask])
+                for i in range(min(self.num_examples - shown, len(batch_winners))):
+                    k, frames = batch_winners[i], int(mask[i].sum())
+                    label = self.info.class_names[int(batch_labels[i])]
+                    title = f"{label}: prototype {names[k] if names else k}, L_rec {outputs['rec_errors'][i, k]:.4f}"
+                    image(f"reconstruction/{shown + i}", plots.reconstruction_panel(
+                        features["log_mel"][i, :frames], outputs["reconstructions"][i, :frames, k],
+                        prototypes[k], title))
+                shown += min(self.num_examples - shown, len(batch_winners))
+                labels.append(np.asarray(batch_labels))
+                winners.append(batch_winners)
+            labels, winners = np.concatenate(labels), np.concatenate(winners)
+            confusion = np.zeros((self.info.num_classes, model.num_prototypes), np.int64)
+            np.add.at(confusion, (labels, winners), 1)
+            image("confusion_matrix", plots.confusion_figure(
+                confusion, self.info.class_names, names or [str(k) for k in range(model.num_prototypes)]))
+            image("assignments", plots.assignment_histogram(np.bincount(winners, minlength=model.num_prototypes),
+                                                            names))
+            image("prototypes", plots.prototype_gallery(prototypes, names))
+            for name in parameter_names:
+                tf.summary.histogram(f"transformations/{name}", np.concatenate(parameters[name]))
+            config = self.info.features
+            frames = max(1, config.num_frames(int(self.audio_seconds * config.sample_rate)))
+            held = np.repeat(prototypes[:, None, :], frames, axis=1)
+            audio = spectral.inverse_log_mel(held, config, n_iter=self.griffin_lim_iters)
+            peak = np.maximum(np.abs(audio).max(axis=1, keepdims=True), 1e-6)
+            tf.summary.audio("prototypes", (0.9 * audio / peak)[..., None], config.sample_rate,
+                             max_outputs=len(prototypes))
+        self.writer.flush()

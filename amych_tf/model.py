@@ -10,7 +10,11 @@ with prototype k tied to class k and beta = softplus(beta_free).
 
 Eq. 6 is normalised by F as well as T (the mean squared error over time and
 mel bins, as the authors' code and NOTES.md do); the paper's formula divides
-by T only. Frames where `mask` is 0 (evaluation padding) are left out of the
+by T only. The cross-entropy's logits use the paper's scale, -beta * F * L_rec
+(the squared error summed over bins): with the mean, rec errors of ~1e-3 and
+beta = softplus(-4) = 0.018 give logits of ~1e-5, a CE stuck at log K whose
+gradient is nil, and beta, moving ~lr per Adam step, would need 10^5 steps to
+matter. Measured on the demo data: CE stayed at log 8 = 2.0794 for 16 epochs. Frames where `mask` is 0 (evaluation padding) are left out of the
 mean.
 
 Which transformations are active is read from `transform_gates` (a
@@ -26,14 +30,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from amych_tf import transforms
+from amych_tf import reconstruction, transforms
 from amych_tf.networks import Encoder, TransformationDecoder
 from amych_tf.spectral import FeatureConfig
 
 MODES = ("supervised", "unsupervised")
 # Output scaling of the decoders (NOTES.md): tanh, then these factors.
 GAIN_SCALE = 0.5
-PITCH_SCALE = 1.0  # s = exp(PITCH_SCALE * tanh(.)), in [1/e, e]
+PITCH_SCALE = reconstruction.PITCH_LOG_RANGE  # s = exp(PITCH_SCALE * tanh(.)), in [1/e, e]
 FILTER_SCALE = 0.25
 DECODERS = {"gain": 1, "pitch": 1, "filters": 4}  # name -> parameters per prototype and frame
 BETA_FREE_INIT = -4.0
@@ -45,10 +49,9 @@ def masked_mean_over_time(values: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(values * mask, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
 
 
-def reconstruction_errors(x: tf.Tensor, reconstructions: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
-    """Eq. 6 for every prototype: x [B, T, F], reconstructions [B, T, K, F] -> [B, K]."""
-    per_frame = tf.reduce_mean(tf.square(tf.expand_dims(x, 2) - reconstructions), axis=-1)
-    return masked_mean_over_time(per_frame, mask)
+def _additive(parameters: Mapping[str, tf.Tensor]) -> tuple[tf.Tensor, ...]:
+    """gain, low_slope, low_cutoff, high_slope, high_cutoff: the terms added after the pitch shift."""
+    return tuple(parameters[name] for name in ("gain", "low_slope", "low_cutoff", "high_slope", "high_cutoff"))
 
 
 def clustering_loss(rec_errors: tf.Tensor) -> tf.Tensor:
@@ -56,15 +59,15 @@ def clustering_loss(rec_errors: tf.Tensor) -> tf.Tensor:
     return tf.reduce_min(rec_errors, axis=-1)
 
 
-def cross_entropy(rec_errors: tf.Tensor, labels: tf.Tensor, beta: tf.Tensor) -> tf.Tensor:
-    """Eq. 8 per example: -log softmax(-beta L_rec)[y], [B, K] -> [B]."""
-    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=-beta * rec_errors)
+def cross_entropy(rec_errors: tf.Tensor, labels: tf.Tensor, beta: tf.Tensor, num_bins: int) -> tf.Tensor:
+    """Eq. 8 per example: -log softmax(-beta F L_rec)[y], [B, K] -> [B] (F L_rec: the paper's eq. 6 scale)."""
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=-beta * num_bins * rec_errors)
 
 
-def classification_loss(rec_errors, labels, beta, lambda_ce):
+def classification_loss(rec_errors, labels, beta, lambda_ce, num_bins):
     """Eq. 9 per example: L_rec(x, y) + lambda_ce * CE, and its two parts, each [B]."""
     rec = tf.gather(rec_errors, labels, batch_dims=1)
-    ce = cross_entropy(rec_errors, labels, beta)
+    ce = cross_entropy(rec_errors, labels, beta, num_bins)
     return rec + lambda_ce * ce, rec, ce
 
 
@@ -225,19 +228,26 @@ class PlayablePrototypes(keras.Model):
             "high_slope": filters[..., 3],
         }
 
+    def gated_parameters(self, parameters: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """The parameters with switched-off stages at their neutral values (g = 0, s = 1, slopes 0)."""
+        gates = tf.convert_to_tensor(self.transform_gates)
+        return {
+            **parameters,
+            "gain": gates[0] * parameters["gain"],
+            "pitch_ratio": tf.pow(parameters["pitch_ratio"], gates[1]),
+            "low_slope": gates[2] * parameters["low_slope"],
+            "high_slope": gates[3] * parameters["high_slope"],
+        }
+
+    def shifted_prototypes(self, pitch_ratio: tf.Tensor) -> tf.Tensor:
+        """Eq. 2 for every prototype through the table of `amych_tf.reconstruction`: [B, T, K] -> [B, T, K, F]."""
+        table = reconstruction.pitch_table(tf.convert_to_tensor(self.prototypes), self.mel_values)
+        return reconstruction.table_pitch_shift(table, pitch_ratio)
+
     def reconstruct(self, parameters: Mapping[str, tf.Tensor]) -> tf.Tensor:
-        """Eq. 5 for every prototype: parameters [B, T, K] -> reconstructions [B, T, K, F]."""
-        return transforms.transform(
-            tf.convert_to_tensor(self.prototypes),
-            gain_db=parameters["gain"],
-            pitch_ratio=parameters["pitch_ratio"],
-            low_slope=parameters["low_slope"],
-            low_cutoff=parameters["low_cutoff"],
-            high_slope=parameters["high_slope"],
-            high_cutoff=parameters["high_cutoff"],
-            mel_values=self.mel_values,
-            gates=self.transform_gates,
-        )
+        """Eq. 5 for every prototype: (gated) parameters [B, T, K] -> reconstructions [B, T, K, F]."""
+        return reconstruction.reconstructions(
+            self.shifted_prototypes(parameters["pitch_ratio"]), *_additive(parameters))
 
     @staticmethod
     def _unpack(inputs):
@@ -252,11 +262,12 @@ class PlayablePrototypes(keras.Model):
 
     def call(self, inputs, training=None, return_details=False):
         log_mel, mask = self._unpack(inputs)
-        parameters = self.transformation_parameters(log_mel, training=training)
-        reconstructions = self.reconstruct(parameters)
-        outputs = {"rec_errors": reconstruction_errors(log_mel, reconstructions, mask)}
+        parameters = self.gated_parameters(self.transformation_parameters(log_mel, training=training))
+        per_frame = reconstruction.frame_errors(
+            log_mel, self.shifted_prototypes(parameters["pitch_ratio"]), *_additive(parameters))
+        outputs = {"rec_errors": masked_mean_over_time(per_frame, mask)}
         if return_details:
-            outputs.update(parameters, reconstructions=reconstructions)
+            outputs.update(parameters, reconstructions=self.reconstruct(parameters))
         return outputs
 
     def predict_classes(self, rec_errors: tf.Tensor) -> tf.Tensor:
@@ -268,7 +279,7 @@ class PlayablePrototypes(keras.Model):
     def _per_example_losses(self, rec_errors, labels):
         """Per-example (total, rec, ce), each [B], for the model's mode."""
         if self.mode == "supervised":
-            return classification_loss(rec_errors, labels, self.beta, self.lambda_ce)
+            return classification_loss(rec_errors, labels, self.beta, self.lambda_ce, self.feature_config.n_mels)
         rec = clustering_loss(rec_errors)
         return rec, rec, tf.zeros_like(rec)
 

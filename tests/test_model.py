@@ -17,7 +17,7 @@ def tiny_model(mode="supervised", num_prototypes=4, **kwargs):
     model = PlayablePrototypes(TINY, num_prototypes, mode=mode, start_width=4, bottleneck_width=16,
                                decoder_width=8, **kwargs)
     model.build_for_frames(FRAMES)
-    model.compile(optimizer=GroupedAdamW(model_lib.optimizer_groups(), learning_rate=1e-2))
+    model.compile(optimizer=GroupedAdamW(model_lib.optimizer_groups(), learning_rate=1e-2), jit_compile=False)
     model.optimizer.build(model.trainable_variables)
     return model
 
@@ -75,12 +75,12 @@ def test_losses_follow_eqs_7_to_9():
     rng = np.random.default_rng(1)
     rec = rng.random((5, 4)).astype(np.float32)
     labels = np.array([0, 3, 1, 1, 2], np.int32)
-    beta = 2.5
+    beta, num_bins = 2.5, 3  # the CE's logits are -beta * (L_rec summed over the F bins)
     np.testing.assert_allclose(model_lib.clustering_loss(rec), rec.min(1), rtol=1e-6)
-    logits = -beta * rec.astype(np.float64)
+    logits = -beta * num_bins * rec.astype(np.float64)
     log_softmax = logits - np.log(np.exp(logits).sum(1, keepdims=True))
     ce = -log_softmax[np.arange(5), labels]
-    total, rec_y, ce_tf = model_lib.classification_loss(rec, labels, tf.constant(beta), 0.01)
+    total, rec_y, ce_tf = model_lib.classification_loss(rec, labels, tf.constant(beta), 0.01, num_bins)
     np.testing.assert_allclose(ce_tf, ce, rtol=1e-5)
     np.testing.assert_allclose(rec_y, rec[np.arange(5), labels], rtol=1e-6)
     np.testing.assert_allclose(total, rec[np.arange(5), labels] + 0.01 * ce, rtol=1e-5)

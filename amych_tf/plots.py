@@ -1,0 +1,84 @@
+"""Figures of prototypes, reconstructions and results (matplotlib, no display needed).
+
+Each function returns a matplotlib Figure; `figure_to_png` turns one into
+PNG bytes for TensorBoard or files. Spectrograms are drawn with time on the
+x axis and mel bins upwards, on the log-Mel scale's usual [0, 1] range.
+"""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+SPECTROGRAM_RANGE = (0.0, 1.0)
+
+
+def figure_to_png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def prototype_gallery(prototypes, names=None, columns=8):
+    """Every prototype P_k [F] as a spectrum curve, titled by its class (the paper's Figure 1)."""
+    prototypes = np.asarray(prototypes)
+    rows = -(-len(prototypes) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(2.0 * columns, 1.6 * rows), squeeze=False, sharey=True)
+    for k, axis in enumerate(axes.flat):
+        if k >= len(prototypes):
+            axis.axis("off")
+            continue
+        axis.plot(prototypes[k], np.arange(prototypes.shape[1]), color="tab:blue")
+        axis.set_title(names[k] if names else f"prototype {k}", fontsize=7)
+        axis.set_xlim(*SPECTROGRAM_RANGE)
+        axis.tick_params(labelsize=6)
+    figure.supylabel("mel bin", fontsize=8)
+    figure.supxlabel("log-Mel level", fontsize=8)
+    return figure
+
+
+def reconstruction_panel(log_mel, reconstruction, prototype, title=""):
+    """Input, reconstruction, squared error and the winning prototype for one clip."""
+    figure, axes = plt.subplots(1, 4, figsize=(12, 3), gridspec_kw={"width_ratios": [4, 4, 4, 1]})
+    error = (np.asarray(log_mel) - np.asarray(reconstruction)) ** 2
+    for axis, image, label in zip(axes[:3], (log_mel, reconstruction, error), ("input", "reconstruction", "error")):
+        limits = SPECTROGRAM_RANGE if label != "error" else (0.0, max(float(error.max()), 1e-6))
+        axis.imshow(np.asarray(image).T, origin="lower", aspect="auto", vmin=limits[0], vmax=limits[1])
+        axis.set_title(label, fontsize=8)
+        axis.set_xlabel("frame", fontsize=7)
+    axes[3].plot(prototype, np.arange(len(prototype)))
+    axes[3].set_xlim(*SPECTROGRAM_RANGE)
+    axes[3].set_title("prototype", fontsize=8)
+    figure.suptitle(title, fontsize=9)
+    return figure
+
+
+def confusion_figure(counts, class_names=None, predicted_names=None):
+    counts = np.asarray(counts)
+    size = max(4.0, 0.25 * counts.shape[0])
+    figure, axis = plt.subplots(figsize=(size, size))
+    axis.imshow(counts, cmap="Blues")
+    axis.set_xlabel("predicted", fontsize=8)
+    axis.set_ylabel("true", fontsize=8)
+    if class_names is not None and len(class_names) <= 40:
+        axis.set_yticks(range(len(class_names)), class_names, fontsize=5)
+        predicted_names = predicted_names or class_names
+        axis.set_xticks(range(len(predicted_names)), predicted_names, fontsize=5, rotation=90)
+    return figure
+
+
+def assignment_histogram(counts, names=None):
+    counts = np.asarray(counts)
+    figure, axis = plt.subplots(figsize=(max(4.0, 0.2 * len(counts)), 2.5))
+    axis.bar(np.arange(len(counts)), counts)
+    axis.set_xlabel("prototype", fontsize=8)
+    axis.set_ylabel("examples won", fontsize=8)
+    if names is not None and len(names) <= 40:
+        axis.set_xticks(range(len(names)), names, fontsize=5, rotation=90)
+    return figure

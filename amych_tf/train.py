@@ -1,0 +1,295 @@
+r"""Train PlayablePrototypes on a prepared dataset.
+
+    python -m amych_tf.train --flagfile=configs/demo.cfg
+    python -m amych_tf.train --data_dir=DIR --model_dir=DIR --mode=unsupervised
+
+Distribution: MultiWorkerMirroredStrategy when TF_CONFIG is set, otherwise
+MirroredStrategy over the visible GPUs (or the CPU); `--devices` overrides the
+device list. `--batch_size` is the global batch.
+
+model_dir receives:
+  flags.txt                 the flags of the run (usable as --flagfile)
+  config.json               model, features and classes (evaluate/export read it)
+  backup/                   BackupAndRestore state: rerun the same command to resume
+  checkpoints/best.weights.h5     best validation loss
+  checkpoints/latest.weights.h5   every --checkpoint_freq epochs
+  checkpoints/stage-<i>-<name>.weights.h5   end of every curriculum stage
+  logs/                     TensorBoard
+  metrics.json              test-split OA, AA, L_rec of the best checkpoint
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags, logging  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("data_dir", None, "Prepared dataset directory (data_tools.prepare).")
+flags.DEFINE_string("model_dir", None, "Output directory; rerunning with the same one resumes.")
+flags.DEFINE_enum("mode", "supervised", ["supervised", "unsupervised"], "Training setting (sections 3.2/3.3).")
+flags.DEFINE_integer("num_prototypes", 0, "K; 0 = the number of classes.")
+flags.DEFINE_integer("batch_size", 32, "Global batch size (split over replicas).")
+flags.DEFINE_integer("eval_batch_size", 32, "Global batch size of validation/test passes.")
+flags.DEFINE_integer("train_frames", 256, "Training crop length in frames (multiple of 2^n_pools).")
+flags.DEFINE_integer("epochs", 1000, "Maximum epochs; the curriculum usually ends training first.")
+flags.DEFINE_integer("patience", 10, "Epochs without training-loss improvement that end a curriculum stage.")
+flags.DEFINE_integer("warmup_steps", 2000, "Batches of learning-rate warm-up after each activation.")
+flags.DEFINE_float("learning_rate", 1e-4, "Base learning rate (AdamW).")
+flags.DEFINE_float("weight_decay", 1e-6, "Weight decay of the networks (0 on prototypes and beta).")
+flags.DEFINE_float("lambda_ce", 0.01, "Weight of the cross-entropy term (eq. 9, supervised).")
+flags.DEFINE_enum("curriculum_stop", None, ["raw", "gain", "pitch", "filters", "ce", "lr_decay"],
+                  "Stop training when this curriculum stage plateaus (Table 1 rows). Default: all stages.")
+flags.DEFINE_integer("seed", 0, "Seed of initialisation, shuffling and augmentation.")
+flags.DEFINE_boolean("augment", True, "Training-time augmentation (pitch, bias, noise).")
+flags.DEFINE_integer("init_examples", 2000, "Training clips used to initialise the prototypes.")
+flags.DEFINE_integer("validation_freq", 1, "Validate on full clips every N epochs.")
+flags.DEFINE_integer("checkpoint_freq", 1, "Save checkpoints/latest.weights.h5 every N epochs.", lower_bound=1)
+flags.DEFINE_string("log_freq", "epoch", "TensorBoard scalar frequency: 'epoch' or a number of batches.")
+flags.DEFINE_integer("media_freq", 5, "TensorBoard images/audio/histograms every N epochs (0 = never).")
+flags.DEFINE_integer("media_examples", 4, "Validation clips shown in TensorBoard.")
+flags.DEFINE_boolean("jit_compile", False, "Compile the train step with XLA. Off: on 2 CPU cores the step measured "
+                     "1.75 s without XLA and 2.19 s with it (benchmarks/RESULTS-train.md).")
+flags.DEFINE_list("devices", None, "Devices for MirroredStrategy, e.g. /cpu:0,/cpu:1. Default: all GPUs, else CPU.")
+flags.DEFINE_integer("verbose", 1, "Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch.")
+
+
+class FlagError(ValueError):
+    """A flag value that makes the run impossible; reported as one line before any work."""
+
+
+def check_flags(info_loader=None):
+    """Validate flags against each other and the dataset; return the DatasetInfo."""
+    from amych_tf import data
+
+    if not FLAGS.data_dir:
+        raise FlagError("--data_dir is required")
+    if not FLAGS.model_dir:
+        raise FlagError("--model_dir is required")
+    try:
+        info = (info_loader or data.load_dataset_info)(FLAGS.data_dir)
+    except (FileNotFoundError, ValueError) as error:
+        raise FlagError(str(error)) from None
+    if os.path.isfile(os.path.join(FLAGS.model_dir, "config.json")):
+        with open(os.path.join(FLAGS.model_dir, "config.json"), encoding="utf-8") as f:
+            previous = json.load(f)
+        from amych_tf.spectral import FeatureConfig
+
+        try:
+            FeatureConfig.from_dict(previous["model"]["feature_config"]).check_compatible(
+                info.features, what=f"dataset {FLAGS.data_dir} and the model in {FLAGS.model_dir}")
+        except ValueError as error:
+            raise FlagError(str(error)) from None
+    num_prototypes = FLAGS.num_prototypes or info.num_classes
+    if FLAGS.mode == "supervised" and num_prototypes < info.num_classes:
+        raise FlagError(
+            f"--num_prototypes={num_prototypes} is smaller than the {info.num_classes} classes of the dataset; "
+            "supervised mode ties prototype k to class k"
+        )
+    multiple = 2**4
+    if FLAGS.train_frames < multiple or FLAGS.train_frames % multiple:
+        raise FlagError(f"--train_frames={FLAGS.train_frames} must be a positive multiple of {multiple} (2^n_pools)")
+    if FLAGS.batch_size < 1 or FLAGS.eval_batch_size < 1:
+        raise FlagError("--batch_size and --eval_batch_size must be positive")
+    if info.split_counts.get("train", 0) < FLAGS.batch_size:
+        raise FlagError(
+            f"the train split has {info.split_counts.get('train', 0)} examples, fewer than one batch "
+            f"(--batch_size={FLAGS.batch_size})"
+        )
+    if FLAGS.log_freq != "epoch" and not FLAGS.log_freq.isdigit():
+        raise FlagError(f"--log_freq must be 'epoch' or a number of batches, got {FLAGS.log_freq!r}")
+    return info, num_prototypes
+
+
+def make_strategy():
+    import tensorflow as tf
+
+    if os.environ.get("TF_CONFIG"):
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.MirroredStrategy(devices=FLAGS.devices or None)
+
+
+def is_chief(strategy) -> bool:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0)
+
+
+def worker_dir(model_dir: str, strategy) -> str:
+    """Where this worker writes: model_dir for the chief, a private folder for the others."""
+    if is_chief(strategy):
+        return model_dir
+    resolver = strategy.cluster_resolver
+    return os.path.join(model_dir, "workers", f"{resolver.task_type}-{resolver.task_id}")
+
+
+def build_model(info, num_prototypes, strategy):
+    import keras
+
+    from amych_tf.model import PlayablePrototypes, optimizer_groups
+    from amych_tf.optimizers import GroupedAdamW
+
+    with strategy.scope():
+        model = PlayablePrototypes(
+            info.features, num_prototypes, mode=FLAGS.mode, num_classes=info.num_classes,
+            class_names=info.class_names, lambda_ce=FLAGS.lambda_ce,
+        )
+        model.build_for_frames(FLAGS.train_frames)
+        optimizer = GroupedAdamW(optimizer_groups(FLAGS.weight_decay), learning_rate=FLAGS.learning_rate)
+        model.compile(optimizer=optimizer, jit_compile=FLAGS.jit_compile)
+        optimizer.build(model.trainable_variables)
+    keras.utils.set_random_seed(FLAGS.seed)
+    return model
+
+
+def collect_rec_errors(model, dataset):
+    """(rec_errors [N, K], labels [N]) over a dataset of (features, labels) batches."""
+    import numpy as np
+
+    outputs = model.predict(dataset.map(lambda features, labels: features), verbose=0)
+    labels = np.concatenate([labels.numpy() for _, labels in dataset])
+    return outputs["rec_errors"], labels
+
+
+def final_metrics(model, info, data_dir, batch_size):
+    """Test-split metrics of the model as it is (OA, AA, L_rec; unsupervised: majority mapping on train)."""
+    import numpy as np
+
+    from amych_tf import data, metrics
+
+    def passes(split):
+        dataset = data.evaluation_dataset(data_dir, split, batch_size=batch_size, info=info)
+        return collect_rec_errors(model, dataset)
+
+    rec_errors, labels = passes("test")
+    winners = rec_errors.argmin(1)
+    mapping = None
+    if model.mode == "unsupervised":
+        train_rec, train_labels = passes("train")
+        mapping = metrics.majority_mapping(train_labels, train_rec.argmin(1), model.num_prototypes)
+    summary = metrics.summarise(labels, winners, rec_errors[np.arange(len(winners)), winners],
+                                info.num_classes, mapping=mapping, class_names=info.class_names)
+    summary["split"] = "test"
+    return summary
+
+
+def write_run_files(model_dir, model, info):
+    os.makedirs(model_dir, exist_ok=True)
+    with open(os.path.join(model_dir, "flags.txt"), "w", encoding="utf-8") as f:
+        f.write(FLAGS.flags_into_string())
+    config = {
+        "model": model.get_config(),
+        "dataset": {"data_dir": os.path.abspath(FLAGS.data_dir), "class_names": info.class_names},
+        "train": {"mode": FLAGS.mode, "train_frames": FLAGS.train_frames, "batch_size": FLAGS.batch_size},
+    }
+    tmp = os.path.join(model_dir, "config.json.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2)
+    os.replace(tmp, os.path.join(model_dir, "config.json"))
+
+
+def run(info, num_prototypes) -> dict:
+    import keras
+
+    from amych_tf import callbacks, data, initialization
+
+    strategy = make_strategy()
+    out_dir = worker_dir(FLAGS.model_dir, strategy)
+    logging.info("strategy %s with %d replica(s); writing to %s",
+                 type(strategy).__name__, strategy.num_replicas_in_sync, out_dir)
+    if FLAGS.batch_size % strategy.num_replicas_in_sync:
+        raise FlagError(f"--batch_size={FLAGS.batch_size} is not divisible by "
+                        f"{strategy.num_replicas_in_sync} replicas")
+    model = build_model(info, num_prototypes, strategy)
+    write_run_files(out_dir, model, info)
+
+    train_data = data.distributed_training_dataset(
+        strategy, FLAGS.data_dir, global_batch_size=FLAGS.batch_size, train_frames=FLAGS.train_frames,
+        seed=FLAGS.seed, augment=FLAGS.augment, info=info)
+    validation_data = None
+    if info.split_counts.get("validation", 0):
+        validation_data = data.distributed_evaluation_dataset(
+            strategy, FLAGS.data_dir, "validation", global_batch_size=FLAGS.eval_batch_size, info=info)
+
+    init_data = data.evaluation_dataset(FLAGS.data_dir, "train", batch_size=FLAGS.eval_batch_size, info=info)
+    initialization.initialise_prototypes(model, init_data.shuffle(1000, seed=FLAGS.seed),
+                                         max_examples=FLAGS.init_examples, seed=FLAGS.seed)
+
+    checkpoints = os.path.join(out_dir, "checkpoints")
+    os.makedirs(checkpoints, exist_ok=True)
+    run_callbacks = [
+        callbacks.NonFiniteGuard(),
+        keras.callbacks.BackupAndRestore(os.path.join(out_dir, "backup")),
+        callbacks.Curriculum(FLAGS.mode, FLAGS.learning_rate, patience=FLAGS.patience,
+                             warmup_steps=FLAGS.warmup_steps, stop_stage=FLAGS.curriculum_stop,
+                             checkpoint_dir=checkpoints),
+    ]
+    if FLAGS.mode == "unsupervised":
+        run_callbacks.append(callbacks.Reassignment(seed=FLAGS.seed))
+    run_callbacks += [
+        callbacks.TrainingScalars(os.path.join(out_dir, "logs", "train")),
+        keras.callbacks.TensorBoard(
+            os.path.join(out_dir, "logs"),
+            update_freq="epoch" if FLAGS.log_freq == "epoch" else int(FLAGS.log_freq)),
+        keras.callbacks.ModelCheckpoint(
+            os.path.join(checkpoints, "latest.weights.h5"), save_weights_only=True,
+            save_freq=FLAGS.checkpoint_freq * data.steps_per_epoch(info, "train", FLAGS.batch_size)),
+    ]
+    if validation_data is not None:
+        run_callbacks.append(keras.callbacks.ModelCheckpoint(
+            os.path.join(checkpoints, "best.weights.h5"), save_weights_only=True, save_best_only=True,
+            monitor="val_loss", mode="min"))
+        if FLAGS.media_freq > 0:
+            media_data = data.evaluation_dataset(FLAGS.data_dir, "validation", batch_size=FLAGS.eval_batch_size,
+                                                 info=info)
+            run_callbacks.append(callbacks.TensorBoardMedia(
+                os.path.join(out_dir, "logs", "media"), media_data, info, every_epochs=FLAGS.media_freq,
+                num_examples=FLAGS.media_examples))
+
+    start = time.time()
+    model.fit(train_data, epochs=FLAGS.epochs, validation_data=validation_data, shuffle=False,
+              validation_freq=FLAGS.validation_freq, callbacks=run_callbacks, verbose=FLAGS.verbose)
+    train_seconds = time.time() - start
+
+    best = os.path.join(checkpoints, "best.weights.h5")
+    if os.path.exists(best):
+        model.load_weights(best)
+    summary = final_metrics(model, info, FLAGS.data_dir, FLAGS.eval_batch_size)
+    summary.update(train_seconds=round(train_seconds, 1), checkpoint="best" if os.path.exists(best) else "last",
+                   curriculum_stage=callbacks.curriculum_stages(FLAGS.mode)[int(model.curriculum_state.numpy()[0])])
+    with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2)
+    print(f"test OA {100 * summary['overall_accuracy']:.1f}%  AA {100 * summary['average_accuracy']:.1f}%  "
+          f"L_rec {summary['rec_error']:.4f}  ({summary['num_examples']} clips, trained {train_seconds:.0f} s)")
+    return summary
+
+
+def main(argv):
+    del argv
+    try:
+        info, num_prototypes = check_flags()
+        run(info, num_prototypes)
+    except FlagError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as error:  # noqa: BLE001 - one readable line for known failure kinds
+        from amych_tf.callbacks import NonFiniteLossError
+
+        if isinstance(error, NonFiniteLossError):
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(3)
+        raise
+
+
+def console_main():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    console_main()
