@@ -44,6 +44,7 @@ setup(
             "amych-prepare = data_tools.prepare:run",
             "amych-make-demo = data_tools.make_demo:run",
             "amych-render-soundfont = data_tools.render_soundfont:run",
+            "amych-train = amych_tf.train:console_main",
         ]
     },
     classifiers=[

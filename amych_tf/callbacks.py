@@ -103,7 +103,11 @@ class Curriculum(keras.callbacks.Callback):
         decay = 0.1 if self._reached("lr_decay", index) else 1.0
         optimizer.learning_rate.assign(self.learning_rate * decay)
 
-    def on_train_begin(self, logs=None):
+    def on_epoch_begin(self, epoch, logs=None):
+        # Not on_train_begin: this callback must come *before* BackupAndRestore
+        # (so that an epoch's stage decision is in that epoch's backup), and
+        # BackupAndRestore restores the weights, curriculum_state included, in
+        # its own on_train_begin. By the first epoch's start both have run.
         state = self._state()
         self._apply_stage(int(state[STAGE]), state[WARMUP])
 
@@ -328,7 +332,7 @@ class TensorBoardMedia(keras.callbacks.Callback):
                 confusion, self.info.class_names, names or [str(k) for k in range(model.num_prototypes)]))
             image("assignments", plots.assignment_histogram(np.bincount(winners, minlength=model.num_prototypes),
                                                             names))
-            image("prototypes", plots.prototype_gallery(prototypes, names))
+            image("prototype_gallery", plots.prototype_gallery(prototypes, names))
             for name in parameter_names:
                 tf.summary.histogram(f"transformations/{name}", np.concatenate(parameters[name]))
             config = self.info.features
@@ -336,6 +340,6 @@ class TensorBoardMedia(keras.callbacks.Callback):
             held = np.repeat(prototypes[:, None, :], frames, axis=1)
             audio = spectral.inverse_log_mel(held, config, n_iter=self.griffin_lim_iters)
             peak = np.maximum(np.abs(audio).max(axis=1, keepdims=True), 1e-6)
-            tf.summary.audio("prototypes", (0.9 * audio / peak)[..., None], config.sample_rate,
+            tf.summary.audio("prototype_audio", (0.9 * audio / peak)[..., None], config.sample_rate,
                              max_outputs=len(prototypes))
         self.writer.flush()

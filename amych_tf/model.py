@@ -140,6 +140,7 @@ class PlayablePrototypes(keras.Model):
         num_classes: int | None = None,
         class_names: list[str] | None = None,
         lambda_ce: float = 0.01,
+        beta_init: float = BETA_FREE_INIT,
         n_pools: int = 4,
         start_width: int = 8,
         collapse_channels: int = 2,
@@ -163,6 +164,7 @@ class PlayablePrototypes(keras.Model):
         self.class_names = list(class_names) if class_names is not None else None
         self.mode = mode
         self.lambda_ce = lambda_ce
+        self.beta_init = beta_init
         self.n_pools = n_pools
         self.architecture = dict(
             start_width=start_width, collapse_channels=collapse_channels,
@@ -177,7 +179,7 @@ class PlayablePrototypes(keras.Model):
         )
         # beta only enters the supervised loss (eq. 8).
         self.beta_free = self.add_weight(
-            name="beta_free", shape=(), initializer=keras.initializers.Constant(BETA_FREE_INIT),
+            name="beta_free", shape=(), initializer=keras.initializers.Constant(beta_init),
             trainable=mode == "supervised",
         )
         self.transform_gates = self.add_weight(
@@ -299,6 +301,11 @@ class PlayablePrototypes(keras.Model):
                 average_accuracy=self.average_accuracy.result(),
             )
         logs["beta"] = self.beta
+        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras 3 reduces every log with strategy.reduce("MEAN", value, axis=0)
+            # under multi-worker training, which fails on scalars
+            # (tensorflow/tensorflow#72388): give each a leading axis of 1.
+            logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
         return logs
 
     def train_step(self, data):
@@ -345,6 +352,21 @@ class PlayablePrototypes(keras.Model):
         gates = np.array(self.transform_gates.numpy())
         return tuple(s for s, g in zip(transforms.STAGES, gates) if g > 0.5)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Skip Keras' symbolic build once every layer and the optimizer exist.
+
+        Keras 3.15's TensorFlow trainer otherwise pulls a batch at the start of
+        fit/evaluate under any tf.distribute strategy and all-reduces it to build
+        the model symbolically; under MultiWorkerMirroredStrategy that reduce
+        fails on dict inputs ("Attempt to convert a value ({'log_mel':
+        PerReplica...) to a Tensor"). This model has no compiled loss or metrics
+        and is built by `build_for_frames`, so there is nothing to build.
+        """
+        layers_built = all(layer.built for layer in self._flatten_layers())
+        if layers_built and self._compile_loss is None and self._compile_metrics is None:
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     def build_for_frames(self, num_frames: int | None = None) -> None:
         """Create all weights by running one dummy batch."""
         num_frames = num_frames or 2**self.n_pools
@@ -359,6 +381,7 @@ class PlayablePrototypes(keras.Model):
             "num_classes": self.num_classes,
             "class_names": self.class_names,
             "lambda_ce": self.lambda_ce,
+            "beta_init": self.beta_init,
             "n_pools": self.n_pools,
             **self.architecture,
         }

@@ -41,10 +41,17 @@ def _conv_block_2d(filters, kernel_size, strides, name):
     ]
 
 
+# PyTorch's BatchNorm default (running = 0.9 running + 0.1 batch), which the
+# authors' code uses. Keras' default 0.99 lags far behind a network that is
+# still changing: on the demo data after 20 epochs, validation accuracy was
+# 21% with the moving statistics and 90% with batch statistics.
+BATCH_NORM_MOMENTUM = 0.9
+
+
 def batch_norm(name):
     # Synchronised across replicas: with tf.distribute, the statistics of the
     # global batch, so N replicas compute the same update as one device.
-    return keras.layers.BatchNormalization(synchronized=True, name=name)
+    return keras.layers.BatchNormalization(synchronized=True, momentum=BATCH_NORM_MOMENTUM, name=name)
 
 
 def _apply(layers, x, training):

@@ -30,33 +30,42 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("data_dir", None, "Prepared dataset directory (data_tools.prepare).")
-flags.DEFINE_string("model_dir", None, "Output directory; rerunning with the same one resumes.")
-flags.DEFINE_enum("mode", "supervised", ["supervised", "unsupervised"], "Training setting (sections 3.2/3.3).")
-flags.DEFINE_integer("num_prototypes", 0, "K; 0 = the number of classes.")
-flags.DEFINE_integer("batch_size", 32, "Global batch size (split over replicas).")
-flags.DEFINE_integer("eval_batch_size", 32, "Global batch size of validation/test passes.")
-flags.DEFINE_integer("train_frames", 256, "Training crop length in frames (multiple of 2^n_pools).")
-flags.DEFINE_integer("epochs", 1000, "Maximum epochs; the curriculum usually ends training first.")
-flags.DEFINE_integer("patience", 10, "Epochs without training-loss improvement that end a curriculum stage.")
-flags.DEFINE_integer("warmup_steps", 2000, "Batches of learning-rate warm-up after each activation.")
-flags.DEFINE_float("learning_rate", 1e-4, "Base learning rate (AdamW).")
-flags.DEFINE_float("weight_decay", 1e-6, "Weight decay of the networks (0 on prototypes and beta).")
-flags.DEFINE_float("lambda_ce", 0.01, "Weight of the cross-entropy term (eq. 9, supervised).")
-flags.DEFINE_enum("curriculum_stop", None, ["raw", "gain", "pitch", "filters", "ce", "lr_decay"],
-                  "Stop training when this curriculum stage plateaus (Table 1 rows). Default: all stages.")
-flags.DEFINE_integer("seed", 0, "Seed of initialisation, shuffling and augmentation.")
-flags.DEFINE_boolean("augment", True, "Training-time augmentation (pitch, bias, noise).")
-flags.DEFINE_integer("init_examples", 2000, "Training clips used to initialise the prototypes.")
-flags.DEFINE_integer("validation_freq", 1, "Validate on full clips every N epochs.")
-flags.DEFINE_integer("checkpoint_freq", 1, "Save checkpoints/latest.weights.h5 every N epochs.", lower_bound=1)
-flags.DEFINE_string("log_freq", "epoch", "TensorBoard scalar frequency: 'epoch' or a number of batches.")
-flags.DEFINE_integer("media_freq", 5, "TensorBoard images/audio/histograms every N epochs (0 = never).")
-flags.DEFINE_integer("media_examples", 4, "Validation clips shown in TensorBoard.")
-flags.DEFINE_boolean("jit_compile", False, "Compile the train step with XLA. Off: on 2 CPU cores the step measured "
-                     "1.75 s without XLA and 2.19 s with it (benchmarks/RESULTS-train.md).")
-flags.DEFINE_list("devices", None, "Devices for MirroredStrategy, e.g. /cpu:0,/cpu:1. Default: all GPUs, else CPU.")
-flags.DEFINE_integer("verbose", 1, "Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch.")
+
+
+def define_flags() -> None:
+    """Define the command-line flags (once; importing this module defines none)."""
+    if "model_dir" in FLAGS:
+        return
+    flags.DEFINE_string("data_dir", None, "Prepared dataset directory (data_tools.prepare).")
+    flags.DEFINE_string("model_dir", None, "Output directory; rerunning with the same one resumes.")
+    flags.DEFINE_enum("mode", "supervised", ["supervised", "unsupervised"], "Training setting (sections 3.2/3.3).")
+    flags.DEFINE_integer("num_prototypes", 0, "K; 0 = the number of classes.")
+    flags.DEFINE_integer("batch_size", 32, "Global batch size (split over replicas).")
+    flags.DEFINE_integer("eval_batch_size", 32, "Global batch size of validation/test passes.")
+    flags.DEFINE_integer("train_frames", 256, "Training crop length in frames (multiple of 2^n_pools).")
+    flags.DEFINE_integer("epochs", 1000, "Maximum epochs; the curriculum usually ends training first.")
+    flags.DEFINE_integer("patience", 10, "Epochs without training-loss improvement that end a curriculum stage.")
+    flags.DEFINE_integer("warmup_steps", 2000, "Batches of learning-rate warm-up after each activation.")
+    flags.DEFINE_float("learning_rate", 1e-4, "Base learning rate (AdamW).")
+    flags.DEFINE_float("weight_decay", 1e-6, "Weight decay of the networks (0 on prototypes and beta).")
+    flags.DEFINE_float("lambda_ce", 0.01, "Weight of the cross-entropy term (eq. 9, supervised).")
+    flags.DEFINE_float("beta_init", -4.0, "Initial free parameter of beta = softplus(.) (paper: -4). beta learns from "
+                       "the curriculum's 'ce' stage at 5x the learning rate; a short run needs a larger start.")
+    flags.DEFINE_enum("curriculum_stop", None, ["raw", "gain", "pitch", "filters", "ce", "lr_decay"],
+                      "Stop training when this curriculum stage plateaus (Table 1 rows). Default: all stages.")
+    if "seed" not in FLAGS:  # data_tools.prepare defines it too when both are imported (tests)
+        flags.DEFINE_integer("seed", 0, "Seed of initialisation, shuffling and augmentation.")
+    flags.DEFINE_boolean("augment", True, "Training-time augmentation (pitch, bias, noise).")
+    flags.DEFINE_integer("init_examples", 2000, "Training clips used to initialise the prototypes.")
+    flags.DEFINE_integer("validation_freq", 1, "Validate on full clips every N epochs.")
+    flags.DEFINE_integer("checkpoint_freq", 1, "Save checkpoints/latest.weights.h5 every N epochs.", lower_bound=1)
+    flags.DEFINE_string("log_freq", "epoch", "TensorBoard scalar frequency: 'epoch' or a number of batches.")
+    flags.DEFINE_integer("media_freq", 5, "TensorBoard images/audio/histograms every N epochs (0 = never).")
+    flags.DEFINE_integer("media_examples", 4, "Validation clips shown in TensorBoard.")
+    flags.DEFINE_boolean("jit_compile", False, "Compile the train step with XLA. Off: on 2 CPU cores the step measured "
+                         "1.75 s without XLA and 2.19 s with it (benchmarks/RESULTS-train.md).")
+    flags.DEFINE_list("devices", None, "Devices for MirroredStrategy, e.g. /cpu:0,/cpu:1. Default: all GPUs, else CPU.")
+    flags.DEFINE_integer("verbose", 1, "Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch.")
 
 
 class FlagError(ValueError):
@@ -135,26 +144,35 @@ def build_model(info, num_prototypes, strategy):
     from amych_tf.model import PlayablePrototypes, optimizer_groups
     from amych_tf.optimizers import GroupedAdamW
 
+    keras.utils.set_random_seed(FLAGS.seed)  # before the weights are created
     with strategy.scope():
         model = PlayablePrototypes(
             info.features, num_prototypes, mode=FLAGS.mode, num_classes=info.num_classes,
-            class_names=info.class_names, lambda_ce=FLAGS.lambda_ce,
+            class_names=info.class_names, lambda_ce=FLAGS.lambda_ce, beta_init=FLAGS.beta_init,
         )
         model.build_for_frames(FLAGS.train_frames)
         optimizer = GroupedAdamW(optimizer_groups(FLAGS.weight_decay), learning_rate=FLAGS.learning_rate)
         model.compile(optimizer=optimizer, jit_compile=FLAGS.jit_compile)
         optimizer.build(model.trainable_variables)
-    keras.utils.set_random_seed(FLAGS.seed)
     return model
 
 
 def collect_rec_errors(model, dataset):
-    """(rec_errors [N, K], labels [N]) over a dataset of (features, labels) batches."""
-    import numpy as np
+    """(rec_errors [N, K], labels [N]) over a dataset of (features, labels) batches, in its order.
 
-    outputs = model.predict(dataset.map(lambda features, labels: features), verbose=0)
-    labels = np.concatenate([labels.numpy() for _, labels in dataset])
-    return outputs["rec_errors"], labels
+    A plain loop on this worker rather than `model.predict`: under
+    MultiWorkerMirroredStrategy predict would shard the data over workers, and
+    every worker writes its own complete metrics.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    rec_errors_of = tf.function(lambda features: model(features, training=False)["rec_errors"])
+    rec_errors, labels = [], []
+    for features, batch_labels in dataset:
+        rec_errors.append(rec_errors_of(features).numpy())
+        labels.append(batch_labels.numpy())
+    return np.concatenate(rec_errors), np.concatenate(labels)
 
 
 def final_metrics(model, info, data_dir, batch_size):
@@ -196,13 +214,15 @@ def write_run_files(model_dir, model, info):
 
 def run(info, num_prototypes) -> dict:
     import keras
+    import tensorflow as tf
 
     from amych_tf import callbacks, data, initialization
 
     strategy = make_strategy()
     out_dir = worker_dir(FLAGS.model_dir, strategy)
-    logging.info("strategy %s with %d replica(s); writing to %s",
-                 type(strategy).__name__, strategy.num_replicas_in_sync, out_dir)
+    strategy_name = ("MultiWorkerMirroredStrategy" if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+                     else type(strategy).__name__)
+    logging.info("%s with %d replica(s); writing to %s", strategy_name, strategy.num_replicas_in_sync, out_dir)
     if FLAGS.batch_size % strategy.num_replicas_in_sync:
         raise FlagError(f"--batch_size={FLAGS.batch_size} is not divisible by "
                         f"{strategy.num_replicas_in_sync} replicas")
@@ -223,15 +243,17 @@ def run(info, num_prototypes) -> dict:
 
     checkpoints = os.path.join(out_dir, "checkpoints")
     os.makedirs(checkpoints, exist_ok=True)
+    # Order matters at epoch end: the curriculum and reassignment change the model
+    # before BackupAndRestore and the checkpoints save it.
     run_callbacks = [
         callbacks.NonFiniteGuard(),
-        keras.callbacks.BackupAndRestore(os.path.join(out_dir, "backup")),
         callbacks.Curriculum(FLAGS.mode, FLAGS.learning_rate, patience=FLAGS.patience,
                              warmup_steps=FLAGS.warmup_steps, stop_stage=FLAGS.curriculum_stop,
                              checkpoint_dir=checkpoints),
     ]
     if FLAGS.mode == "unsupervised":
         run_callbacks.append(callbacks.Reassignment(seed=FLAGS.seed))
+    run_callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(out_dir, "backup")))
     run_callbacks += [
         callbacks.TrainingScalars(os.path.join(out_dir, "logs", "train")),
         keras.callbacks.TensorBoard(
@@ -288,6 +310,7 @@ def main(argv):
 
 
 def console_main():
+    define_flags()
     app.run(main)
 
 

@@ -23,32 +23,39 @@ from data_tools import layouts
 # must not load TensorFlow.
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("layout", None, layouts.LAYOUTS, "Directory layout of --audio_dir.", required=True)
-flags.DEFINE_string("audio_dir", None, "Directory of the source audio.", required=True)
-flags.DEFINE_string(
-    "out_dir", None, "Directory of the prepared dataset (created; earlier outputs replaced).", required=True
-)
-flags.DEFINE_string("preset", None, "Feature preset, 'sol' or 'librispeech' (default: the layout's).")
-flags.DEFINE_integer("sample_rate", None, "Override the preset's sample rate (Hz).")
-flags.DEFINE_integer("n_fft", None, "Override the preset's FFT / window length (samples).")
-flags.DEFINE_integer("hop_length", None, "Override the preset's hop (samples).")
-flags.DEFINE_integer("n_mels", None, "Override the preset's number of mel bands.")
-flags.DEFINE_float("fmin", None, "Override the lowest mel frequency (Hz; preset: 0).")
-flags.DEFINE_float("fmax", None, "Override the highest mel frequency (Hz; preset: Nyquist).")
-flags.DEFINE_integer(
-    "num_classes", None, "LibriSpeech: keep the N speakers with the most audio, labelled by that rank (default 128)."
-)
-flags.DEFINE_enum(
-    "sol_classes",
-    "paper",
-    layouts.SOL_CLASS_CHOICES,
-    "SOL: 'paper' = the paper's 33 classes in its label order; 'discovered' = every Family/Instrument found, sorted.",
-)
-flags.DEFINE_integer("seed", 0, "Seed of the 70/10/20 train/validation/test split.")
-flags.DEFINE_integer("num_workers", os.cpu_count() or 1, "Decoding processes (1: decode in the main process).")
-flags.DEFINE_integer("shard_size", 1000, "Examples per TFRecord shard.")
-flags.DEFINE_enum("storage_dtype", "float32", ["float32", "float16"], "Precision of the stored log-Mel.")
-flags.DEFINE_bool("progress", True, "Show a progress line on stderr.")
+
+
+def define_flags() -> None:
+    """Define the command-line flags (once; importing this module defines none)."""
+    if "audio_dir" in FLAGS:
+        return
+    flags.DEFINE_enum("layout", None, layouts.LAYOUTS, "Directory layout of --audio_dir (required).")
+    flags.DEFINE_string("audio_dir", None, "Directory of the source audio (required).")
+    flags.DEFINE_string(
+        "out_dir", None, "Directory of the prepared dataset (required; created, earlier outputs replaced)."
+    )
+    flags.DEFINE_string("preset", None, "Feature preset, 'sol' or 'librispeech' (default: the layout's).")
+    flags.DEFINE_integer("sample_rate", None, "Override the preset's sample rate (Hz).")
+    flags.DEFINE_integer("n_fft", None, "Override the preset's FFT / window length (samples).")
+    flags.DEFINE_integer("hop_length", None, "Override the preset's hop (samples).")
+    flags.DEFINE_integer("n_mels", None, "Override the preset's number of mel bands.")
+    flags.DEFINE_float("fmin", None, "Override the lowest mel frequency (Hz; preset: 0).")
+    flags.DEFINE_float("fmax", None, "Override the highest mel frequency (Hz; preset: Nyquist).")
+    flags.DEFINE_integer(
+        "num_classes", None, "LibriSpeech: keep the N speakers with the most audio, labelled by that rank (default 128)."
+    )
+    flags.DEFINE_enum(
+        "sol_classes",
+        "paper",
+        layouts.SOL_CLASS_CHOICES,
+        "SOL: 'paper' = the paper's 33 classes in its label order; 'discovered' = every Family/Instrument found, sorted.",
+    )
+    if "seed" not in FLAGS:  # amych_tf.train defines it too when both are imported (tests)
+        flags.DEFINE_integer("seed", 0, "Seed of the 70/10/20 train/validation/test split.")
+    flags.DEFINE_integer("num_workers", os.cpu_count() or 1, "Decoding processes (1: decode in the main process).")
+    flags.DEFINE_integer("shard_size", 1000, "Examples per TFRecord shard.")
+    flags.DEFINE_enum("storage_dtype", "float32", ["float32", "float16"], "Precision of the stored log-Mel.")
+    flags.DEFINE_bool("progress", True, "Show a progress line on stderr.")
 
 
 def main(argv) -> int:
@@ -89,6 +96,8 @@ def main(argv) -> int:
 
 def run() -> None:
     """Console-script entry point (`amych-prepare`)."""
+    define_flags()
+    flags.mark_flags_as_required(["layout", "audio_dir", "out_dir"])
     app.run(main)
 
 

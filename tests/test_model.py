@@ -118,7 +118,7 @@ def test_optimizer_groups_scale_learning_and_weight_decay():
 def scripted_curriculum(model, losses, **kwargs):
     curriculum = callbacks.Curriculum(model.mode, learning_rate=1e-2, patience=2, warmup_steps=4, **kwargs)
     curriculum.set_model(model)
-    curriculum.on_train_begin()
+    curriculum.on_epoch_begin(0)
     stages = []
     for epoch, loss in enumerate(losses):
         curriculum.on_epoch_end(epoch, {"loss": loss})
@@ -155,7 +155,7 @@ def test_curriculum_stop_stage_and_activation_effects():
     curriculum = callbacks.Curriculum("supervised", learning_rate=1e-2, patience=1, warmup_steps=4,
                                       stop_stage="pitch")
     curriculum.set_model(model)
-    curriculum.on_train_begin()
+    curriculum.on_epoch_begin(0)
     assert model.active_transformations == ()
     assert model.optimizer.get_group_scale("encoder") == 0.0
     previous = model(features, return_details=True)["reconstructions"].numpy()

@@ -359,6 +359,7 @@ def test_errors_are_specific_and_leave_nothing_behind(sol_tree, tmp_path):
 
 
 def run_cli(capsys, *argv):
+    prepare.define_flags()
     with flagsaver.flagsaver():
         flags.FLAGS.unparse_flags()
         flags.FLAGS(["prepare", *argv])

@@ -1,0 +1,283 @@
+"""The train entry point: flags checked first, model_dir contents, TensorBoard tags, resume, strategies."""
+
+import glob
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from absl import flags
+from absl.testing import flagsaver
+
+from helpers import make_prepared_dir
+
+from amych_tf import callbacks, train
+
+FLAGS = flags.FLAGS
+train.define_flags()
+NUM_MELS = 32
+NUM_CLASSES = 3
+
+
+def class_coded_log_mel(clip_index, num_frames, num_mels):
+    """Class k = clip_index % 3: a peak at bin 4 + 8k over a low floor, with a little texture."""
+    rng = np.random.default_rng(clip_index)
+    log_mel = 0.1 + 0.02 * rng.random((num_frames, num_mels))
+    log_mel[:, 4 + 8 * (clip_index % NUM_CLASSES)] += 0.5
+    return log_mel.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("prepared")
+    make_prepared_dir(directory, {"train": [40 + i % 7 for i in range(24)], "validation": [20, 36, 50],
+                                  "test": [33, 17, 48, 60, 25, 40]},
+                      num_mels=NUM_MELS, num_classes=NUM_CLASSES, spectrogram=class_coded_log_mel)
+    return str(directory)
+
+
+def train_flags(data_dir, model_dir, **overrides):
+    values = dict(data_dir=data_dir, model_dir=model_dir, batch_size=8, eval_batch_size=8, train_frames=32,
+                  epochs=4, patience=1, warmup_steps=2, learning_rate=1e-3, media_freq=2, media_examples=2,
+                  verbose=0, init_examples=24)
+    values.update(overrides)
+    return values
+
+
+def run_training(**values):
+    FLAGS.unparse_flags()
+    FLAGS(["train"])
+    with flagsaver.flagsaver(**values):
+        info, num_prototypes = train.check_flags()
+        return train.run(info, num_prototypes)
+
+
+def check_flags_error(**values):
+    FLAGS.unparse_flags()
+    FLAGS(["train"])
+    with flagsaver.flagsaver(**values):
+        with pytest.raises(train.FlagError) as error:
+            train.check_flags()
+    return str(error.value)
+
+
+def test_bad_flags_fail_with_clear_messages(tiny_data, tmp_path):
+    model_dir = str(tmp_path / "run")
+    assert "--data_dir is required" in check_flags_error(data_dir=None, model_dir=model_dir)
+    assert "does not exist" in check_flags_error(data_dir=str(tmp_path / "missing"), model_dir=model_dir)
+    (tmp_path / "empty").mkdir()
+    assert "dataset_info.json" in check_flags_error(data_dir=str(tmp_path / "empty"), model_dir=model_dir)
+    message = check_flags_error(**train_flags(tiny_data, model_dir, num_prototypes=2))
+    assert "--num_prototypes=2 is smaller than the 3 classes" in message
+    assert "multiple of 16" in check_flags_error(**train_flags(tiny_data, model_dir, train_frames=40))
+    assert "fewer than one batch" in check_flags_error(**train_flags(tiny_data, model_dir, batch_size=64))
+    # A model_dir trained on other features refuses this dataset.
+    os.makedirs(model_dir)
+    with open(os.path.join(model_dir, "config.json"), "w") as f:
+        json.dump({"model": {"feature_config": {"sample_rate": 44100, "n_fft": 2048, "hop_length": 512,
+                                                "n_mels": 128}}}, f)
+    assert "sample_rate" in check_flags_error(**train_flags(tiny_data, model_dir))
+
+
+def test_command_line_error_is_one_line_and_exit_status_2(tmp_path):
+    completed = subprocess.run(
+        [sys.executable, "-m", "amych_tf.train", f"--data_dir={tmp_path}/nothing", f"--model_dir={tmp_path}/run"],
+        capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 2
+    lines = [line for line in completed.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "does not exist" in lines[0], completed.stderr
+
+
+def event_tags(directory):
+    """{tag: plugin} of every summary written under `directory`."""
+    import tensorflow as tf
+
+    tags = {}
+    for path in glob.glob(os.path.join(directory, "**", "events.out.tfevents.*"), recursive=True):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                tags[value.tag] = value.metadata.plugin_data.plugin_name or "scalar"
+    return tags
+
+
+def test_training_writes_the_model_dir_and_tensorboard_media(tiny_data, tmp_path):
+    model_dir = str(tmp_path / "run")
+    summary = run_training(**train_flags(tiny_data, model_dir))
+    for name in ("flags.txt", "config.json", "metrics.json", "checkpoints/latest.weights.h5",
+                 "checkpoints/best.weights.h5", "checkpoints/stage-0-raw.weights.h5"):
+        assert os.path.exists(os.path.join(model_dir, name)), name
+    with open(os.path.join(model_dir, "metrics.json")) as f:
+        metrics = json.load(f)
+    assert metrics == json.loads(json.dumps(summary))
+    assert metrics["num_examples"] == 6 and 0.0 <= metrics["overall_accuracy"] <= 1.0
+    assert np.isfinite(metrics["rec_error"]) and len(metrics["confusion_matrix"]) == NUM_CLASSES
+    assert "--train_frames=32" in open(os.path.join(model_dir, "flags.txt")).read()
+
+    tags = event_tags(os.path.join(model_dir, "logs"))
+    for tag in ("epoch_loss", "epoch_rec", "epoch_ce", "epoch_accuracy", "epoch_average_accuracy",
+                "beta", "curriculum_stage", "learning_rate/encoder", "learning_rate/prototypes"):
+        assert tag in tags, (tag, sorted(tags))
+    for tag in ("prototype_gallery", "confusion_matrix", "assignments", "reconstruction/0", "reconstruction/1"):
+        assert tags.get(tag) == "images", (tag, tags.get(tag))
+    assert tags.get("prototype_audio") == "audio", tags.get("prototype_audio")
+    for tag in ("transformations/gain", "transformations/pitch_ratio", "transformations/high_cutoff"):
+        assert tags.get(tag) == "histograms", (tag, tags.get(tag))
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_killed_run_resumes_in_the_same_stage_with_the_same_step_count(tiny_data, tmp_path, monkeypatch):
+    model_dir = str(tmp_path / "run")
+    # patience 0: a new curriculum stage every epoch, so the stage at the kill is known.
+    values = train_flags(tiny_data, model_dir, epochs=6, media_freq=0, patience=0)
+    seen = {}
+    original_epoch_end = keras.callbacks.BackupAndRestore.on_epoch_end
+
+    def backup_then_die(self, epoch, logs=None):
+        original_epoch_end(self, epoch, logs)
+        if epoch == 2:  # the backup of epoch 3 is written: now the process "dies"
+            seen["state"] = np.array(self.model.curriculum_state.numpy())
+            seen["iterations"] = int(self.model.optimizer.iterations.numpy())
+            seen["prototypes"] = np.array(self.model.prototypes.numpy())
+            raise Interrupt()
+
+    monkeypatch.setattr(keras.callbacks.BackupAndRestore, "on_epoch_end", backup_then_die)
+    with pytest.raises(Interrupt):
+        run_training(**values)
+    monkeypatch.setattr(keras.callbacks.BackupAndRestore, "on_epoch_end", original_epoch_end)
+    assert seen["state"][callbacks.STAGE] == 3  # raw -> gain -> pitch -> filters
+
+    resumed = {}
+    original_epoch_begin = callbacks.Curriculum.on_epoch_begin
+
+    def record(self, epoch, logs=None):
+        if not resumed:  # the first epoch of the resumed run, after BackupAndRestore's restore
+            resumed.update(epoch=epoch, state=np.array(self.model.curriculum_state.numpy()),
+                           iterations=int(self.model.optimizer.iterations.numpy()),
+                           prototypes=np.array(self.model.prototypes.numpy()))
+        original_epoch_begin(self, epoch, logs)
+
+    monkeypatch.setattr(callbacks.Curriculum, "on_epoch_begin", record)
+    run_training(**values)
+    assert resumed["epoch"] == 3
+    np.testing.assert_array_equal(resumed["state"], seen["state"])
+    assert resumed["iterations"] == seen["iterations"] > 0
+    np.testing.assert_array_equal(resumed["prototypes"], seen["prototypes"])
+    assert os.path.exists(os.path.join(model_dir, "metrics.json"))
+
+
+MIRRORED_SCRIPT = r"""
+import sys
+import numpy as np
+import tensorflow as tf
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from amych_tf.model import PlayablePrototypes
+from amych_tf.spectral import FeatureConfig
+
+features = FeatureConfig(sample_rate=8000, n_fft=256, hop_length=128, n_mels=32)
+rng = np.random.default_rng(0)
+log_mel = (0.3 + 0.1 * rng.random((8, 32, 32))).astype(np.float32)
+labels = (np.arange(8) % 4).astype(np.int32)
+
+def one_step(devices):
+    keras.utils.set_random_seed(0)
+    strategy = tf.distribute.MirroredStrategy(devices)
+    with strategy.scope():
+        model = PlayablePrototypes(features, 4, start_width=4, bottleneck_width=16, decoder_width=8)
+        model.build_for_frames(32)
+        # Plain SGD: the update is the gradient itself. (Adam's first step, m / sqrt(v),
+        # turns float rounding in near-zero gradients into full-size sign flips.)
+        model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.1), jit_compile=False)
+        model.set_active_transformations(("gain", "pitch", "low", "high"))
+    weights = lambda: [np.array(v.numpy()) for v in model.weights if "curriculum" not in v.path]
+    before = weights()
+    dataset = tf.data.Dataset.from_tensor_slices(({"log_mel": log_mel}, labels)).batch(8)
+    model.fit(dataset, epochs=1, verbose=0, shuffle=False)
+    return before, weights(), strategy.num_replicas_in_sync
+
+before_1, after_1, n1 = one_step(["/cpu:0"])
+before_2, after_2, n2 = one_step(["/cpu:0", "/cpu:1"])
+assert (n1, n2) == (1, 2), (n1, n2)
+for b1, b2 in zip(before_1, before_2):
+    np.testing.assert_array_equal(b1, b2)
+# Every weight (BatchNorm's moving statistics too: synchronised over replicas) moves
+# the same way up to float rounding of the cross-replica sums. Convolutions followed by
+# batch normalisation have near-zero gradients (BN removes their scale), where rounding
+# is relatively large, so the comparison is on the whole update: a loss scaled by the
+# per-replica instead of the global batch would double it.
+update_1 = np.concatenate([(a - b).ravel() for a, b in zip(after_1, before_1)])
+update_2 = np.concatenate([(a - b).ravel() for a, b in zip(after_2, before_1)])
+relative = np.linalg.norm(update_2 - update_1) / np.linalg.norm(update_1)
+print("relative difference of the updates", relative)
+assert relative < 1e-3, relative
+changed = sum(np.abs(a - b).max() > 0 for a, b in zip(after_1, before_1))
+assert changed > 20, changed
+"""
+
+
+def test_two_replicas_give_the_same_update_as_one():
+    """2 logical CPUs under MirroredStrategy vs 1, same global batch (subprocess: devices are set at start-up)."""
+    completed = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT], capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+
+
+def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_two_workers_on_localhost_complete_a_short_run(tiny_data, tmp_path):
+    ports = free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    model_dir = str(tmp_path / "run")
+    args = [sys.executable, "-m", "amych_tf.train", f"--data_dir={tiny_data}", f"--model_dir={model_dir}",
+            "--batch_size=8", "--eval_batch_size=8", "--train_frames=32", "--epochs=2", "--patience=1",
+            "--warmup_steps=2", "--media_freq=0", "--verbose=0", "--init_examples=24"]
+    processes = []
+    for index in range(2):
+        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        processes.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [process.communicate(timeout=600) for process in processes]
+    for process, (_, stderr) in zip(processes, outputs):
+        assert process.returncode == 0, stderr[-3000:]
+    assert "MultiWorkerMirroredStrategy with 2 replica(s)" in outputs[0][1]
+    assert os.path.exists(os.path.join(model_dir, "metrics.json"))
+    assert os.path.exists(os.path.join(model_dir, "workers", "worker-1", "metrics.json"))
+
+
+def test_unsupervised_run_maps_clusters_to_classes(tiny_data, tmp_path):
+    model_dir = str(tmp_path / "run")
+    summary = run_training(**train_flags(tiny_data, model_dir, mode="unsupervised", epochs=2, media_freq=0))
+    assert len(summary["prototype_classes"]) == NUM_CLASSES  # K defaults to the number of classes
+    assert set(summary["unused_prototypes"]) <= set(range(NUM_CLASSES))
+    assert 0.0 <= summary["overall_accuracy"] <= 1.0
+
+
+def test_non_finite_loss_stops_before_anything_is_saved(tmp_path):
+    def with_a_nan(clip_index, num_frames, num_mels):
+        log_mel = class_coded_log_mel(clip_index, num_frames, num_mels)
+        if clip_index == 5:
+            log_mel[3, 7] = np.nan
+        return log_mel
+
+    data_dir = str(tmp_path / "prepared")
+    make_prepared_dir(data_dir, {"train": [40] * 16, "validation": [40] * 3, "test": [40] * 3},
+                      num_mels=NUM_MELS, num_classes=NUM_CLASSES, spectrogram=with_a_nan)
+    model_dir = str(tmp_path / "run")
+    with pytest.raises(callbacks.NonFiniteLossError, match="loss became nan"):
+        run_training(**train_flags(data_dir, model_dir, batch_size=16, epochs=2, media_freq=0, augment=False))
+    assert not glob.glob(os.path.join(model_dir, "checkpoints", "*.h5"))
+    assert not os.path.exists(os.path.join(model_dir, "metrics.json"))
