@@ -45,6 +45,7 @@ setup(
             "amych-make-demo = data_tools.make_demo:run",
             "amych-render-soundfont = data_tools.render_soundfont:run",
             "amych-train = amych_tf.train:console_main",
+            "amych-evaluate = amych_tf.evaluate:console_main",
         ]
     },
     classifiers=[

@@ -15,7 +15,7 @@ model_dir receives:
   checkpoints/latest.weights.h5   every --checkpoint_freq epochs
   checkpoints/stage-<i>-<name>.weights.h5   end of every curriculum stage
   logs/                     TensorBoard
-  metrics.json              test-split OA, AA, L_rec of the best checkpoint
+  metrics.json, metrics.png test-split OA, AA, L_rec, confusion matrix of the best checkpoint
 """
 
 from __future__ import annotations
@@ -34,14 +34,19 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     """Define the command-line flags (once; importing this module defines none)."""
-    if "model_dir" in FLAGS:
+    if "curriculum_stop" in FLAGS:
         return
-    flags.DEFINE_string("data_dir", None, "Prepared dataset directory (data_tools.prepare).")
-    flags.DEFINE_string("model_dir", None, "Output directory; rerunning with the same one resumes.")
+    # Flags shared with amych_tf.evaluate are defined by whichever module comes first
+    # (both are imported in one process by the tests).
+    if "data_dir" not in FLAGS:
+        flags.DEFINE_string("data_dir", None, "Prepared dataset directory (data_tools.prepare).")
+    if "model_dir" not in FLAGS:
+        flags.DEFINE_string("model_dir", None, "Output directory; rerunning with the same one resumes.")
     flags.DEFINE_enum("mode", "supervised", ["supervised", "unsupervised"], "Training setting (sections 3.2/3.3).")
     flags.DEFINE_integer("num_prototypes", 0, "K; 0 = the number of classes.")
     flags.DEFINE_integer("batch_size", 32, "Global batch size (split over replicas).")
-    flags.DEFINE_integer("eval_batch_size", 32, "Global batch size of validation/test passes.")
+    if "eval_batch_size" not in FLAGS:
+        flags.DEFINE_integer("eval_batch_size", 32, "Global batch size of validation/test passes.")
     flags.DEFINE_integer("train_frames", 256, "Training crop length in frames (multiple of 2^n_pools).")
     flags.DEFINE_integer("epochs", 1000, "Maximum epochs; the curriculum usually ends training first.")
     flags.DEFINE_integer("patience", 10, "Epochs without training-loss improvement that end a curriculum stage.")
@@ -157,46 +162,6 @@ def build_model(info, num_prototypes, strategy):
     return model
 
 
-def collect_rec_errors(model, dataset):
-    """(rec_errors [N, K], labels [N]) over a dataset of (features, labels) batches, in its order.
-
-    A plain loop on this worker rather than `model.predict`: under
-    MultiWorkerMirroredStrategy predict would shard the data over workers, and
-    every worker writes its own complete metrics.
-    """
-    import numpy as np
-    import tensorflow as tf
-
-    rec_errors_of = tf.function(lambda features: model(features, training=False)["rec_errors"])
-    rec_errors, labels = [], []
-    for features, batch_labels in dataset:
-        rec_errors.append(rec_errors_of(features).numpy())
-        labels.append(batch_labels.numpy())
-    return np.concatenate(rec_errors), np.concatenate(labels)
-
-
-def final_metrics(model, info, data_dir, batch_size):
-    """Test-split metrics of the model as it is (OA, AA, L_rec; unsupervised: majority mapping on train)."""
-    import numpy as np
-
-    from amych_tf import data, metrics
-
-    def passes(split):
-        dataset = data.evaluation_dataset(data_dir, split, batch_size=batch_size, info=info)
-        return collect_rec_errors(model, dataset)
-
-    rec_errors, labels = passes("test")
-    winners = rec_errors.argmin(1)
-    mapping = None
-    if model.mode == "unsupervised":
-        train_rec, train_labels = passes("train")
-        mapping = metrics.majority_mapping(train_labels, train_rec.argmin(1), model.num_prototypes)
-    summary = metrics.summarise(labels, winners, rec_errors[np.arange(len(winners)), winners],
-                                info.num_classes, mapping=mapping, class_names=info.class_names)
-    summary["split"] = "test"
-    return summary
-
-
 def write_run_files(model_dir, model, info):
     os.makedirs(model_dir, exist_ok=True)
     with open(os.path.join(model_dir, "flags.txt"), "w", encoding="utf-8") as f:
@@ -216,7 +181,7 @@ def run(info, num_prototypes) -> dict:
     import keras
     import tensorflow as tf
 
-    from amych_tf import callbacks, data, initialization
+    from amych_tf import callbacks, data, evaluate, initialization
 
     strategy = make_strategy()
     out_dir = worker_dir(FLAGS.model_dir, strategy)
@@ -282,13 +247,11 @@ def run(info, num_prototypes) -> dict:
     best = os.path.join(checkpoints, "best.weights.h5")
     if os.path.exists(best):
         model.load_weights(best)
-    summary = final_metrics(model, info, FLAGS.data_dir, FLAGS.eval_batch_size)
+    summary = evaluate.evaluate_model(model, FLAGS.data_dir, "test", FLAGS.eval_batch_size, info=info)
     summary.update(train_seconds=round(train_seconds, 1), checkpoint="best" if os.path.exists(best) else "last",
                    curriculum_stage=callbacks.curriculum_stages(FLAGS.mode)[int(model.curriculum_state.numpy()[0])])
-    with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2)
-    print(f"test OA {100 * summary['overall_accuracy']:.1f}%  AA {100 * summary['average_accuracy']:.1f}%  "
-          f"L_rec {summary['rec_error']:.4f}  ({summary['num_examples']} clips, trained {train_seconds:.0f} s)")
+    evaluate.write_report(summary, os.path.join(out_dir, "metrics.json"), info.class_names)
+    print(f"{evaluate.summary_line(summary)}, trained {train_seconds:.0f} s")
     return summary
 
 

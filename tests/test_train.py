@@ -127,6 +127,22 @@ def test_training_writes_the_model_dir_and_tensorboard_media(tiny_data, tmp_path
     for tag in ("transformations/gain", "transformations/pitch_ratio", "transformations/high_cutoff"):
         assert tags.get(tag) == "histograms", (tag, tags.get(tag))
 
+    # The evaluate CLI on the same checkpoint and split reproduces training's final metrics.
+    output = str(tmp_path / "eval" / "test.json")
+    completed = subprocess.run([sys.executable, "-m", "amych_tf.evaluate", f"--model_dir={model_dir}",
+                                "--split=test", f"--output={output}"], capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    with open(output) as f:
+        evaluated = json.load(f)
+    for key in ("overall_accuracy", "average_accuracy", "confusion_matrix", "per_class_accuracy", "num_examples"):
+        assert evaluated[key] == metrics[key], key
+    assert abs(evaluated["rec_error"] - metrics["rec_error"]) < 1e-6
+    assert os.path.getsize(str(tmp_path / "eval" / "test.png")) > 1000
+    assert completed.stdout.startswith("test OA ")
+    completed = subprocess.run([sys.executable, "-m", "amych_tf.evaluate", f"--model_dir={tmp_path}/nothing"],
+                               capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 2 and completed.stderr.count("error:") == 1, completed.stderr
+
 
 class Interrupt(Exception):
     pass

@@ -1,0 +1,179 @@
+r"""Evaluate a trained model on a split: OA, AA, L_rec, per-class accuracy, confusion matrix.
+
+    python -m amych_tf.evaluate --model_dir=runs/sol_sup --split=test --output=runs/sol_sup/test.json
+    python -m amych_tf.evaluate --model_dir=runs/sol_unsup --data_dir=data/sol --checkpoint=latest
+
+Reads `config.json` and a checkpoint from the model dir (`--checkpoint`: best,
+latest, stage-<i>-<name>, or a path to a .weights.h5 file; default: best if it
+exists, else latest). The dataset defaults to the one the model was trained
+on; its feature parameters must equal the model's (error otherwise).
+
+* Prediction: the winning prototype argmin_k L_rec(x, k) on the full clip.
+* Supervised: prototype k is class k.
+* Unsupervised: each prototype is mapped to the majority class of the
+  training clips it wins (computed on the train split); prototypes that win
+  nothing map to no class (their clips count as errors) and are listed in
+  `unused_prototypes`.
+* OA = accuracy over clips, AA = mean over classes of per-class accuracy,
+  L_rec = mean reconstruction error of the winning prototype.
+
+Writes the JSON to `--output` (default `<model_dir>/eval-<split>.json`) and the
+confusion matrix as a PNG beside it; prints one summary line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+
+class EvaluationError(ValueError):
+    """A model dir, checkpoint or dataset that cannot be evaluated; reported as one line."""
+
+
+def define_flags() -> None:
+    """Define the command-line flags (once; importing this module defines none)."""
+    if "output" in FLAGS:
+        return
+    if "model_dir" not in FLAGS:  # amych_tf.train defines these too when both are imported
+        flags.DEFINE_string("model_dir", None, "Directory of a training run (amych_tf.train).")
+    if "data_dir" not in FLAGS:
+        flags.DEFINE_string("data_dir", None, "Prepared dataset (default: the one in the model's config.json).")
+    if "eval_batch_size" not in FLAGS:
+        flags.DEFINE_integer("eval_batch_size", 32, "Clips per evaluation batch.")
+    flags.DEFINE_enum("split", "test", ["train", "validation", "test"], "Split to evaluate.")
+    flags.DEFINE_string("checkpoint", None, "best, latest, stage-<i>-<name>, or a .weights.h5 path "
+                        "(default: best, else latest).")
+    flags.DEFINE_string("output", None, "JSON file to write (default: <model_dir>/eval-<split>.json).")
+
+
+def checkpoint_path(model_dir: str, checkpoint: str | None = None) -> str:
+    """Resolve --checkpoint to a weights file of `model_dir`."""
+    directory = os.path.join(model_dir, "checkpoints")
+    if checkpoint and checkpoint.endswith(".weights.h5"):
+        candidates = [checkpoint]
+    elif checkpoint:
+        candidates = [os.path.join(directory, f"{checkpoint}.weights.h5")]
+    else:
+        candidates = [os.path.join(directory, f"{name}.weights.h5") for name in ("best", "latest")]
+    for path in candidates:
+        if os.path.isfile(path):
+            return path
+    raise EvaluationError(f"no checkpoint {' or '.join(candidates)}")
+
+
+def load_model(model_dir: str, checkpoint: str | None = None):
+    """The model of a training run with the weights of `checkpoint`; returns (model, config)."""
+    from amych_tf.model import PlayablePrototypes
+
+    config_path = os.path.join(model_dir, "config.json")
+    if not os.path.isfile(config_path):
+        raise EvaluationError(f"{config_path} does not exist: is {model_dir!r} a training run's model_dir?")
+    with open(config_path, encoding="utf-8") as f:
+        config = json.load(f)
+    model_config = {k: v for k, v in config["model"].items() if k not in ("name", "trainable", "dtype")}
+    model = PlayablePrototypes(**model_config)
+    model.build_for_frames()
+    model.load_weights(checkpoint_path(model_dir, checkpoint))
+    return model, config
+
+
+def collect_rec_errors(model, dataset):
+    """(rec_errors [N, K], labels [N]) over batches of (features, labels), in dataset order.
+
+    A plain loop on this process rather than `model.predict`: under
+    MultiWorkerMirroredStrategy predict would shard the data over workers.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    rec_errors_of = tf.function(lambda features: model(features, training=False)["rec_errors"])
+    rec_errors, labels = [], []
+    for features, batch_labels in dataset:
+        rec_errors.append(rec_errors_of(features).numpy())
+        labels.append(batch_labels.numpy())
+    return np.concatenate(rec_errors), np.concatenate(labels)
+
+
+def evaluate_model(model, data_dir: str, split: str = "test", batch_size: int = 32, info=None) -> dict:
+    """The metrics of `model` on a split (see the module docstring)."""
+    import numpy as np
+
+    from amych_tf import data, metrics
+
+    info = info or data.load_dataset_info(data_dir, expected_features=model.feature_config)
+
+    def rec_errors_on(name):
+        return collect_rec_errors(model, data.evaluation_dataset(data_dir, name, batch_size=batch_size, info=info))
+
+    rec_errors, labels = rec_errors_on(split)
+    winners = rec_errors.argmin(1)
+    mapping = None
+    if model.mode == "unsupervised":
+        train_rec, train_labels = rec_errors_on("train")
+        mapping = metrics.majority_mapping(train_labels, train_rec.argmin(1), model.num_prototypes)
+    summary = metrics.summarise(labels, winners, rec_errors[np.arange(len(winners)), winners],
+                                info.num_classes, mapping=mapping, class_names=info.class_names)
+    summary.update(split=split, mode=model.mode, num_prototypes=model.num_prototypes)
+    return summary
+
+
+def write_report(summary: dict, output: str, class_names) -> None:
+    """The JSON at `output` and the confusion matrix as `<output without .json>.png`."""
+    from amych_tf import plots
+
+    directory = os.path.dirname(os.path.abspath(output))
+    os.makedirs(directory, exist_ok=True)
+    tmp = output + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2)
+    os.replace(tmp, output)
+    figure = plots.confusion_figure(summary["confusion_matrix"], class_names)
+    with open(os.path.splitext(output)[0] + ".png", "wb") as f:
+        f.write(plots.figure_to_png(figure))
+
+
+def summary_line(summary: dict) -> str:
+    return (f"{summary['split']} OA {100 * summary['overall_accuracy']:.1f}%  "
+            f"AA {100 * summary['average_accuracy']:.1f}%  L_rec {summary['rec_error']:.4f}  "
+            f"({summary['num_examples']} clips)")
+
+
+def main(argv):
+    del argv
+    from amych_tf import data
+
+    try:
+        if not FLAGS.model_dir:
+            raise EvaluationError("--model_dir is required")
+        model, config = load_model(FLAGS.model_dir, FLAGS.checkpoint)
+        data_dir = FLAGS.data_dir or config["dataset"]["data_dir"]
+        try:
+            info = data.load_dataset_info(data_dir, expected_features=model.feature_config)
+        except (FileNotFoundError, ValueError) as error:
+            raise EvaluationError(str(error)) from None
+        if info.split_counts.get(FLAGS.split, 0) == 0:
+            raise EvaluationError(f"dataset {data_dir!r} has no {FLAGS.split} clips")
+        summary = evaluate_model(model, data_dir, FLAGS.split, FLAGS.eval_batch_size, info=info)
+    except EvaluationError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    output = FLAGS.output or os.path.join(FLAGS.model_dir, f"eval-{FLAGS.split}.json")
+    write_report(summary, output, info.class_names)
+    print(summary_line(summary))
+
+
+def console_main():
+    define_flags()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    console_main()
