@@ -46,6 +46,7 @@ setup(
             "amych-render-soundfont = data_tools.render_soundfont:run",
             "amych-train = amych_tf.train:console_main",
             "amych-evaluate = amych_tf.evaluate:console_main",
+            "amych-report = amych_tf.report:console_main",
         ]
     },
     classifiers=[

@@ -94,7 +94,9 @@ def collect_rec_errors(model, dataset):
     import numpy as np
     import tensorflow as tf
 
-    rec_errors_of = tf.function(lambda features: model(features, training=False)["rec_errors"])
+    # Evaluation batches are padded per batch, so their length varies: trace shape-generic.
+    rec_errors_of = tf.function(lambda features: model(features, training=False)["rec_errors"],
+                                reduce_retracing=True)
     rec_errors, labels = [], []
     for features, batch_labels in dataset:
         rec_errors.append(rec_errors_of(features).numpy())

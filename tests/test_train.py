@@ -139,6 +139,16 @@ def test_training_writes_the_model_dir_and_tensorboard_media(tiny_data, tmp_path
     assert abs(evaluated["rec_error"] - metrics["rec_error"]) < 1e-6
     assert os.path.getsize(str(tmp_path / "eval" / "test.png")) > 1000
     assert completed.stdout.startswith("test OA ")
+    # Table 1 of the run: one row per stage checkpoint, on the validation split.
+    completed = subprocess.run([sys.executable, "-m", "amych_tf.report", f"--model_dir={model_dir}"],
+                               capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    with open(os.path.join(model_dir, "table1-validation.json")) as f:
+        table = json.load(f)
+    stages = sorted(glob.glob(os.path.join(model_dir, "checkpoints", "stage-*.weights.h5")))
+    assert [row["checkpoint"] for row in table["rows"]] == [os.path.relpath(p, model_dir) for p in stages]
+    assert table["rows"][0]["row"] == "raw prototypes" and "| raw prototypes |" in completed.stdout
+    assert all(0.0 <= row["overall_accuracy"] <= 1.0 for row in table["rows"])
     completed = subprocess.run([sys.executable, "-m", "amych_tf.evaluate", f"--model_dir={tmp_path}/nothing"],
                                capture_output=True, text=True, timeout=300)
     assert completed.returncode == 2 and completed.stderr.count("error:") == 1, completed.stderr
