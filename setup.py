@@ -47,6 +47,7 @@ setup(
             "amych-train = amych_tf.train:console_main",
             "amych-evaluate = amych_tf.evaluate:console_main",
             "amych-report = amych_tf.report:console_main",
+            "amych-listen = amych_tf.listen:console_main",
         ]
     },
     classifiers=[

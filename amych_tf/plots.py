@@ -82,3 +82,38 @@ def assignment_histogram(counts, names=None):
     if names is not None and len(names) <= 40:
         axis.set_xticks(range(len(names)), names, fontsize=5, rotation=90)
     return figure
+
+
+def reconstruction_grid(log_mel, reconstructions, errors, names, winner):
+    """An input and its reconstruction by every prototype with L_rec (the paper's Figure 6).
+
+    log_mel [T, F]; reconstructions [K, T, F]; errors [K]; the winner's title is marked.
+    """
+    count = len(reconstructions) + 1
+    columns = min(count, 6)
+    rows = -(-count // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.0 * rows), squeeze=False)
+    images = [(np.asarray(log_mel), "input")] + [
+        (np.asarray(r), f"{'* ' if k == winner else ''}{names[k]}: {errors[k]:.4f}")
+        for k, r in enumerate(reconstructions)]
+    for axis, (image, title) in zip(axes.flat, images):
+        axis.imshow(image.T, origin="lower", aspect="auto", vmin=SPECTROGRAM_RANGE[0], vmax=SPECTROGRAM_RANGE[1])
+        axis.set_title(title, fontsize=7)
+        axis.set_xticks([])
+        axis.set_yticks([])
+    for axis in list(axes.flat)[len(images):]:
+        axis.axis("off")
+    return figure
+
+
+def transformation_curves(parameters, title=""):
+    """Per-frame gain, pitch ratio and filter parameters of one prototype on one input."""
+    names = ("gain", "pitch_ratio", "low_slope", "low_cutoff", "high_slope", "high_cutoff")
+    figure, axes = plt.subplots(len(names), 1, figsize=(6, 1.3 * len(names)), sharex=True)
+    for axis, name in zip(axes, names):
+        axis.plot(np.asarray(parameters[name]))
+        axis.set_ylabel(name, fontsize=7)
+        axis.tick_params(labelsize=6)
+    axes[-1].set_xlabel("frame", fontsize=8)
+    figure.suptitle(title, fontsize=9)
+    return figure

@@ -1,0 +1,162 @@
+r"""Listen to a trained model: its prototypes, and how they reconstruct your audio.
+
+    python -m amych_tf.listen --model_dir=runs/sol_sup --out_dir=listen/ [--inputs a.wav,b.flac]
+
+Writes (WAVs at the model's sample rate, 16-bit; spectrograms rendered to sound
+with the inverse front end, `amych_tf.spectral.inverse_log_mel`):
+  prototypes/<k>-<name>.wav       every prototype held for --seconds
+  prototype_gallery.png           every prototype as a spectrum (the paper's Figure 1)
+  <input>/input.wav               the input re-synthesised from its log-Mel (what the model hears)
+  <input>/winner-<k>-<name>.wav   its reconstruction by the winning prototype
+  <input>/prototype-<k>-<name>.wav   by every prototype (timbre transfer, Figure 6)
+  <input>/grid.png                input x every prototype's reconstruction, with L_rec (Figure 6)
+  <input>/transformations.png     the winner's gain, pitch ratio and filters over time
+Inputs are read like data_tools.prepare reads them (mono, resampled, tiled to
+at least 16 frames) and padded by tiling to a multiple of 16 frames.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Define the command-line flags (once; importing this module defines none)."""
+    if "inputs" in FLAGS:
+        return
+    from amych_tf import evaluate
+
+    evaluate.define_flags()  # model_dir, checkpoint
+    if "out_dir" not in FLAGS:
+        flags.DEFINE_string("out_dir", None, "Directory to write WAVs and figures to.")
+    flags.DEFINE_list("inputs", [], "Audio files to reconstruct with every prototype.")
+    flags.DEFINE_float("seconds", 1.0, "Length of each prototype's WAV.")
+    flags.DEFINE_integer("griffin_lim_iters", 64, "Griffin-Lim iterations.")
+
+
+def safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def write_wav(path: str, log_mel, config, n_iter: int) -> None:
+    import numpy as np
+    import soundfile
+
+    from amych_tf import spectral
+
+    audio = spectral.inverse_log_mel(np.asarray(log_mel), config, n_iter=n_iter)
+    peak = max(float(np.abs(audio).max()), 1e-6)
+    soundfile.write(path, (0.9 * audio / peak).astype(np.float32), config.sample_rate, subtype="PCM_16")
+
+
+def prototype_names(model) -> list[str]:
+    if model.mode == "supervised" and model.class_names:
+        return list(model.class_names)
+    return [f"cluster{k}" for k in range(model.num_prototypes)]
+
+
+def listen_to_prototypes(model, out_dir: str, seconds: float = 1.0, n_iter: int = 64) -> list[str]:
+    import numpy as np
+
+    from amych_tf import plots
+
+    config, names = model.feature_config, prototype_names(model)
+    frames = max(1, config.num_frames(int(seconds * config.sample_rate)))
+    prototypes = np.array(model.prototypes.numpy())
+    os.makedirs(os.path.join(out_dir, "prototypes"), exist_ok=True)
+    paths = []
+    for k, prototype in enumerate(prototypes):
+        path = os.path.join(out_dir, "prototypes", f"{k}-{safe_name(names[k])}.wav")
+        write_wav(path, np.repeat(prototype[None], frames, axis=0), config, n_iter)
+        paths.append(path)
+    with open(os.path.join(out_dir, "prototype_gallery.png"), "wb") as f:
+        f.write(plots.figure_to_png(plots.prototype_gallery(prototypes, names)))
+    return paths
+
+
+def input_log_mel(path: str, config, multiple_of: int = 16):
+    """(log-Mel padded by tiling to a multiple of `multiple_of` frames, number of real frames)."""
+    import numpy as np
+
+    from amych_tf import data, spectral
+    from data_tools import audio
+
+    clip = audio.load_clip(path, config.sample_rate, config.num_samples(data.MIN_FRAMES))
+    log_mel = spectral.log_mel(clip.waveform[None], config)[0].numpy()
+    frames = log_mel.shape[0]
+    padded = -(-frames // multiple_of) * multiple_of
+    return np.resize(log_mel, (padded, log_mel.shape[1])) if padded != frames else log_mel, frames
+
+
+def listen_to_input(model, path: str, out_dir: str, n_iter: int = 64) -> dict:
+    """WAVs and figures of one input; returns {"winner", "rec_errors", "directory"}."""
+    import numpy as np
+    import tensorflow as tf
+
+    from amych_tf import plots
+
+    config, names = model.feature_config, prototype_names(model)
+    log_mel, frames = input_log_mel(path, config, 2**model.n_pools)
+    mask = (np.arange(log_mel.shape[0]) < frames).astype(np.float32)
+    outputs = model({"log_mel": tf.constant(log_mel[None]), "mask": tf.constant(mask[None])},
+                    training=False, return_details=True)
+    rec_errors = outputs["rec_errors"].numpy()[0]
+    winner = int(rec_errors.argmin())
+    reconstructions = outputs["reconstructions"].numpy()[0, :frames].transpose(1, 0, 2)  # [K, T, F]
+    directory = os.path.join(out_dir, safe_name(os.path.splitext(os.path.basename(path))[0]))
+    os.makedirs(directory, exist_ok=True)
+    write_wav(os.path.join(directory, "input.wav"), log_mel[:frames], config, n_iter)
+    write_wav(os.path.join(directory, f"winner-{winner}-{safe_name(names[winner])}.wav"),
+              reconstructions[winner], config, n_iter)
+    for k, reconstruction in enumerate(reconstructions):
+        write_wav(os.path.join(directory, f"prototype-{k}-{safe_name(names[k])}.wav"), reconstruction, config,
+                  n_iter)
+    figures = {
+        "grid.png": plots.reconstruction_grid(log_mel[:frames], reconstructions, rec_errors, names, winner),
+        "transformations.png": plots.transformation_curves(
+            {name: outputs[name].numpy()[0, :frames, winner] for name in
+             ("gain", "pitch_ratio", "low_slope", "low_cutoff", "high_slope", "high_cutoff")},
+            f"{os.path.basename(path)}: prototype {names[winner]}"),
+    }
+    for name, figure in figures.items():
+        with open(os.path.join(directory, name), "wb") as f:
+            f.write(plots.figure_to_png(figure))
+    return {"winner": winner, "rec_errors": rec_errors, "directory": directory}
+
+
+def main(argv):
+    del argv
+    from amych_tf import evaluate
+    from data_tools import audio
+
+    try:
+        if not FLAGS.model_dir or not FLAGS.out_dir:
+            raise evaluate.EvaluationError("--model_dir and --out_dir are required")
+        model, _ = evaluate.load_model(FLAGS.model_dir, FLAGS.checkpoint)
+        listen_to_prototypes(model, FLAGS.out_dir, FLAGS.seconds, FLAGS.griffin_lim_iters)
+        names = prototype_names(model)
+        for path in FLAGS.inputs:
+            result = listen_to_input(model, path, FLAGS.out_dir, FLAGS.griffin_lim_iters)
+            print(f"{path}: prototype {names[result['winner']]} (L_rec {result['rec_errors'].min():.4f}) "
+                  f"-> {result['directory']}")
+    except (evaluate.EvaluationError, audio.UnusableAudio) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    print(f"prototypes -> {os.path.join(FLAGS.out_dir, 'prototypes')}")
+
+
+def console_main():
+    define_flags()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    console_main()

@@ -1,0 +1,61 @@
+"""listen: prototype and reconstruction WAVs and figures from a model dir."""
+
+import json
+import os
+
+import numpy as np
+import soundfile
+
+from helpers import harmonic_tone
+
+from amych_tf import evaluate, listen
+from amych_tf.model import PlayablePrototypes
+from amych_tf.spectral import FeatureConfig
+
+FEATURES = FeatureConfig(sample_rate=16000, n_fft=1024, hop_length=256, n_mels=64)
+
+
+def write_model_dir(directory):
+    """A small untrained model saved the way amych_tf.train saves one."""
+    model = PlayablePrototypes(FEATURES, 3, class_names=["a/x", "b", "c"], start_width=4, bottleneck_width=16,
+                               decoder_width=8)
+    model.build_for_frames(32)
+    model.set_active_transformations(("gain", "pitch", "low", "high"))
+    os.makedirs(os.path.join(directory, "checkpoints"))
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump({"model": model.get_config(), "dataset": {"data_dir": "unused"}}, f)
+    model.save_weights(os.path.join(directory, "checkpoints", "latest.weights.h5"))
+
+
+def dominant_frequency(audio, sample_rate):
+    spectrum = np.abs(np.fft.rfft(audio * np.hanning(len(audio))))
+    return np.fft.rfftfreq(len(audio), 1.0 / sample_rate)[spectrum.argmax()]
+
+
+def test_listen_writes_playable_wavs_and_figures(tmp_path):
+    model_dir, out_dir = str(tmp_path / "run"), str(tmp_path / "listen")
+    write_model_dir(model_dir)
+    model, _ = evaluate.load_model(model_dir)
+    tone_path = str(tmp_path / "tone.wav")
+    soundfile.write(tone_path, harmonic_tone(440.0, 16000, seconds=1.0, num_harmonics=1), 16000)
+
+    paths = listen.listen_to_prototypes(model, out_dir, seconds=0.5, n_iter=16)
+    assert [os.path.basename(p) for p in paths] == ["0-a_x.wav", "1-b.wav", "2-c.wav"]
+    result = listen.listen_to_input(model, tone_path, out_dir, n_iter=32)
+    directory = result["directory"]
+    expected = {"input.wav", "grid.png", "transformations.png", f"winner-{result['winner']}-"
+                f"{listen.safe_name(model.class_names[result['winner']])}.wav"}
+    expected |= {f"prototype-{k}-{listen.safe_name(n)}.wav" for k, n in enumerate(model.class_names)}
+    assert set(os.listdir(directory)) == expected
+    assert os.path.getsize(os.path.join(out_dir, "prototype_gallery.png")) > 1000
+
+    for path in paths + [os.path.join(directory, name) for name in expected if name.endswith(".wav")]:
+        audio, rate = soundfile.read(path)
+        assert rate == 16000 and np.all(np.isfinite(audio)) and np.abs(audio).max() > 0.1, path
+    audio, _ = soundfile.read(paths[0])
+    assert abs(len(audio) - 0.5 * 16000) <= FEATURES.n_fft  # --seconds long, up to one frame
+    # The re-synthesised input is the input: same length (frames), same pitch.
+    audio, _ = soundfile.read(os.path.join(directory, "input.wav"))
+    frames = FEATURES.num_frames(16000)
+    assert len(audio) == FEATURES.num_samples(frames)
+    assert abs(dominant_frequency(audio, 16000) - 440.0) < 10.0
