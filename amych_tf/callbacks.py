@@ -89,19 +89,23 @@ class Curriculum(keras.callbacks.Callback):
             optimizer.build(self.model.trainable_variables)
         active = [t for stage, ts in TRANSFORMATION_STAGES.items() if self._reached(stage, index) for t in ts]
         self.model.set_active_transformations(active)
-        stage = self.stages[index]
-        warm = min(1.0, WARMUP_START + (1.0 - WARMUP_START) * warmup_step / max(self.warmup_steps, 1))
-        warming = stage in DECODER_OF_STAGE
         for transformation, decoder in DECODER_OF_STAGE.items():
-            scale = 1.0 if self._reached(transformation, index) else 0.0
-            if warming and transformation == stage:
-                scale = warm
-            optimizer.set_group_scale(decoder, scale)
-        optimizer.set_group_scale("encoder", (warm if warming else 1.0) if active else 0.0)
+            optimizer.set_group_scale(decoder, 1.0 if self._reached(transformation, index) else 0.0)
+        optimizer.set_group_scale("encoder", 1.0 if active else 0.0)
         optimizer.set_group_scale("prototypes", 1.0)
         optimizer.set_group_scale("beta", BETA_LEARNING_RATE_SCALE if self._reached("ce", index) else 0.0)
         decay = 0.1 if self._reached("lr_decay", index) else 1.0
         optimizer.learning_rate.assign(self.learning_rate * decay)
+        self._apply_warmup(index, warmup_step)
+
+    def _apply_warmup(self, index: int, warmup_step: float) -> None:
+        """Scale the new decoder's and the encoder's learning rate during the warm-up of stage `index`."""
+        stage = self.stages[index]
+        if stage not in DECODER_OF_STAGE:
+            return
+        warm = min(1.0, WARMUP_START + (1.0 - WARMUP_START) * warmup_step / max(self.warmup_steps, 1))
+        self.model.optimizer.set_group_scale(DECODER_OF_STAGE[stage], warm)
+        self.model.optimizer.set_group_scale("encoder", warm)
 
     def on_epoch_begin(self, epoch, logs=None):
         # Not on_train_begin: this callback must come *before* BackupAndRestore
@@ -116,7 +120,7 @@ class Curriculum(keras.callbacks.Callback):
         if state[WARMUP] < self.warmup_steps and self.stages[int(state[STAGE])] in DECODER_OF_STAGE:
             state[WARMUP] += 1
             self._set_state(state)
-            self._apply_stage(int(state[STAGE]), state[WARMUP])
+            self._apply_warmup(int(state[STAGE]), state[WARMUP])
 
     def on_epoch_end(self, epoch, logs=None):
         loss = float((logs or {}).get("loss", math.nan))
@@ -293,7 +297,7 @@ class TensorBoardMedia(keras.callbacks.Callback):
     def write(self, step):
         import tensorflow as tf
 
-        from amych_tf import plots, spectral
+        from amych_tf import listen, plots
 
         model = self.model
         names = model.class_names if model.mode == "supervised" and model.class_names else None
@@ -336,10 +340,7 @@ class TensorBoardMedia(keras.callbacks.Callback):
             for name in parameter_names:
                 tf.summary.histogram(f"transformations/{name}", np.concatenate(parameters[name]))
             config = self.info.features
-            frames = max(1, config.num_frames(int(self.audio_seconds * config.sample_rate)))
-            held = np.repeat(prototypes[:, None, :], frames, axis=1)
-            audio = spectral.inverse_log_mel(held, config, n_iter=self.griffin_lim_iters)
-            peak = np.maximum(np.abs(audio).max(axis=1, keepdims=True), 1e-6)
-            tf.summary.audio("prototype_audio", (0.9 * audio / peak)[..., None], config.sample_rate,
-                             max_outputs=len(prototypes))
+            audio = listen.to_audio(listen.held_prototypes(prototypes, config, self.audio_seconds), config,
+                                    self.griffin_lim_iters)
+            tf.summary.audio("prototype_audio", audio[..., None], config.sample_rate, max_outputs=len(prototypes))
         self.writer.flush()

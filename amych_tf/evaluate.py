@@ -78,8 +78,7 @@ def load_model(model_dir: str, checkpoint: str | None = None):
         raise EvaluationError(f"{config_path} does not exist: is {model_dir!r} a training run's model_dir?")
     with open(config_path, encoding="utf-8") as f:
         config = json.load(f)
-    model_config = {k: v for k, v in config["model"].items() if k not in ("name", "trainable", "dtype")}
-    model = PlayablePrototypes(**model_config)
+    model = PlayablePrototypes.from_config(config["model"])
     model.build_for_frames()
     model.load_weights(checkpoint_path(model_dir, checkpoint))
     return model, config

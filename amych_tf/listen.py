@@ -46,15 +46,29 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
-def write_wav(path: str, log_mel, config, n_iter: int) -> None:
+def to_audio(log_mel, config, n_iter: int = 64):
+    """Waveforms of log-Mels [..., frames, mels] (inverse front end), each scaled to a peak of 0.9."""
     import numpy as np
-    import soundfile
 
     from amych_tf import spectral
 
     audio = spectral.inverse_log_mel(np.asarray(log_mel), config, n_iter=n_iter)
-    peak = max(float(np.abs(audio).max()), 1e-6)
-    soundfile.write(path, (0.9 * audio / peak).astype(np.float32), config.sample_rate, subtype="PCM_16")
+    peak = np.maximum(np.abs(audio).max(axis=-1, keepdims=True), 1e-6)
+    return (0.9 * audio / peak).astype(np.float32)
+
+
+def held_prototypes(prototypes, config, seconds: float = 1.0):
+    """Each prototype [K, mels] repeated over the frames of `seconds`: [K, frames, mels]."""
+    import numpy as np
+
+    frames = max(1, config.num_frames(int(seconds * config.sample_rate)))
+    return np.repeat(np.asarray(prototypes)[:, None, :], frames, axis=1)
+
+
+def write_wav(path: str, audio, sample_rate: int) -> None:
+    import soundfile
+
+    soundfile.write(path, audio, sample_rate, subtype="PCM_16")
 
 
 def prototype_names(model) -> list[str]:
@@ -69,13 +83,12 @@ def listen_to_prototypes(model, out_dir: str, seconds: float = 1.0, n_iter: int 
     from amych_tf import plots
 
     config, names = model.feature_config, prototype_names(model)
-    frames = max(1, config.num_frames(int(seconds * config.sample_rate)))
     prototypes = np.array(model.prototypes.numpy())
     os.makedirs(os.path.join(out_dir, "prototypes"), exist_ok=True)
     paths = []
-    for k, prototype in enumerate(prototypes):
+    for k, audio in enumerate(to_audio(held_prototypes(prototypes, config, seconds), config, n_iter)):
         path = os.path.join(out_dir, "prototypes", f"{k}-{safe_name(names[k])}.wav")
-        write_wav(path, np.repeat(prototype[None], frames, axis=0), config, n_iter)
+        write_wav(path, audio, config.sample_rate)
         paths.append(path)
     with open(os.path.join(out_dir, "prototype_gallery.png"), "wb") as f:
         f.write(plots.figure_to_png(plots.prototype_gallery(prototypes, names)))
@@ -113,12 +126,12 @@ def listen_to_input(model, path: str, out_dir: str, n_iter: int = 64) -> dict:
     reconstructions = outputs["reconstructions"].numpy()[0, :frames].transpose(1, 0, 2)  # [K, T, F]
     directory = os.path.join(out_dir, safe_name(os.path.splitext(os.path.basename(path))[0]))
     os.makedirs(directory, exist_ok=True)
-    write_wav(os.path.join(directory, "input.wav"), log_mel[:frames], config, n_iter)
-    write_wav(os.path.join(directory, f"winner-{winner}-{safe_name(names[winner])}.wav"),
-              reconstructions[winner], config, n_iter)
-    for k, reconstruction in enumerate(reconstructions):
-        write_wav(os.path.join(directory, f"prototype-{k}-{safe_name(names[k])}.wav"), reconstruction, config,
-                  n_iter)
+    write_wav(os.path.join(directory, "input.wav"), to_audio(log_mel[:frames], config, n_iter), config.sample_rate)
+    audio = to_audio(reconstructions, config, n_iter)
+    write_wav(os.path.join(directory, f"winner-{winner}-{safe_name(names[winner])}.wav"), audio[winner],
+              config.sample_rate)
+    for k in range(len(reconstructions)):
+        write_wav(os.path.join(directory, f"prototype-{k}-{safe_name(names[k])}.wav"), audio[k], config.sample_rate)
     figures = {
         "grid.png": plots.reconstruction_grid(log_mel[:frames], reconstructions, rec_errors, names, winner),
         "transformations.png": plots.transformation_curves(

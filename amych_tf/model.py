@@ -232,14 +232,11 @@ class PlayablePrototypes(keras.Model):
 
     def gated_parameters(self, parameters: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         """The parameters with switched-off stages at their neutral values (g = 0, s = 1, slopes 0)."""
-        gates = tf.convert_to_tensor(self.transform_gates)
-        return {
-            **parameters,
-            "gain": gates[0] * parameters["gain"],
-            "pitch_ratio": tf.pow(parameters["pitch_ratio"], gates[1]),
-            "low_slope": gates[2] * parameters["low_slope"],
-            "high_slope": gates[3] * parameters["high_slope"],
-        }
+        gain, pitch_ratio, low_slope, high_slope = transforms.gate_parameters(
+            self.transform_gates, gain_db=parameters["gain"], pitch_ratio=parameters["pitch_ratio"],
+            low_slope=parameters["low_slope"], high_slope=parameters["high_slope"])
+        return {**parameters, "gain": gain, "pitch_ratio": pitch_ratio, "low_slope": low_slope,
+                "high_slope": high_slope}
 
     def shifted_prototypes(self, pitch_ratio: tf.Tensor) -> tf.Tensor:
         """Eq. 2 for every prototype through the table of `amych_tf.reconstruction`: [B, T, K] -> [B, T, K, F]."""

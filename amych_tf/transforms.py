@@ -143,6 +143,16 @@ def high_filter(m: tf.Tensor, slope: tf.Tensor, cutoff: tf.Tensor) -> tf.Tensor:
     return m + high_filter_curve(slope, cutoff, m.shape[-1])
 
 
+def gate_parameters(gates, *, gain_db, pitch_ratio, low_slope, high_slope):
+    """(gain_db, pitch_ratio, low_slope, high_slope) with switched-off stages at their neutral values.
+
+    `gates` [4] (float, 1 = on, 0 = off, in the order of STAGES): g -> 0, s -> 1,
+    slopes -> 0, which makes each switched-off transformation exactly the identity.
+    """
+    gates = tf.convert_to_tensor(gates, dtype=tf.float32)
+    return gates[0] * gain_db, tf.pow(pitch_ratio, gates[1]), gates[2] * low_slope, gates[3] * high_slope
+
+
 def transform(
     m: tf.Tensor,
     *,
@@ -165,11 +175,12 @@ def transform(
     `gain_db` is the additive gain g of eq. 1 in log-Mel units (the name keeps
     it apart from the `gain` function).
     """
-    gates = tf.convert_to_tensor(gates, dtype=tf.float32)
-    m = gain(m, gates[0] * gain_db)
-    m = pitch_shift(m, tf.pow(pitch_ratio, gates[1]), mel_values)
-    m = low_filter(m, gates[2] * low_slope, low_cutoff)
-    return high_filter(m, gates[3] * high_slope, high_cutoff)
+    gain_db, pitch_ratio, low_slope, high_slope = gate_parameters(
+        gates, gain_db=gain_db, pitch_ratio=pitch_ratio, low_slope=low_slope, high_slope=high_slope)
+    m = gain(m, gain_db)
+    m = pitch_shift(m, pitch_ratio, mel_values)
+    m = low_filter(m, low_slope, low_cutoff)
+    return high_filter(m, high_slope, high_cutoff)
 
 
 # ---------------------------------------------------------------------------
