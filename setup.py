@@ -35,6 +35,12 @@ setup(
         "cpu": ["tensorflow-cpu==2.21.*"],
         "gpu": ["tensorflow[and-cuda]==2.21.*"],
         "dev": ["pytest>=8", "scipy>=1.11"],
+        # Warm-up requests of exported models (amych_tf.export). It requires the
+        # `tensorflow` distribution, which `gpu` provides; with `cpu` install it as
+        # `pip install --no-deps "tensorflow-serving-api==2.21.*"` (its other
+        # requirements, grpcio and protobuf, come with tensorflow-cpu), or pip adds
+        # a second TensorFlow over tensorflow-cpu.
+        "serving": ["tensorflow-serving-api==2.21.*"],
         # Rendering SoundFont notes (data_tools.render_soundfont) also needs the
         # FluidSynth library: `apt-get install fluidsynth fluid-soundfont-gm`.
         "soundfont": ["pyfluidsynth>=1.3"],
@@ -48,6 +54,7 @@ setup(
             "amych-evaluate = amych_tf.evaluate:console_main",
             "amych-report = amych_tf.report:console_main",
             "amych-listen = amych_tf.listen:console_main",
+            "amych-export = amych_tf.export:console_main",
         ]
     },
     classifiers=[

@@ -16,6 +16,7 @@ model_dir receives:
   checkpoints/stage-<i>-<name>.weights.h5   end of every curriculum stage
   logs/                     TensorBoard
   metrics.json, metrics.png test-split OA, AA, L_rec, confusion matrix of the best checkpoint
+With --export_dir, the final model is also exported as a SavedModel (amych_tf.export).
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ def define_flags() -> None:
     flags.DEFINE_boolean("jit_compile", False, "Compile the train step with XLA. Off: on 2 CPU cores the step measured "
                          "1.75 s without XLA and 2.19 s with it (benchmarks/RESULTS-train.md).")
     flags.DEFINE_list("devices", None, "Devices for MirroredStrategy, e.g. /cpu:0,/cpu:1. Default: all GPUs, else CPU.")
+    if "export_dir" not in FLAGS:  # amych_tf.export defines it too when both are imported
+        flags.DEFINE_string("export_dir", None, "Also export the final model as a SavedModel to "
+                            "<export_dir>/<next version>/ (amych_tf.export).")
     flags.DEFINE_integer("verbose", 1, "Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch.")
 
 
@@ -252,6 +256,14 @@ def run(info, num_prototypes) -> dict:
                    curriculum_stage=callbacks.curriculum_stages(FLAGS.mode)[int(model.curriculum_state.numpy()[0])])
     evaluate.write_report(summary, os.path.join(out_dir, "metrics.json"), info.class_names)
     print(f"{evaluate.summary_line(summary)}, trained {train_seconds:.0f} s")
+    if FLAGS.export_dir and is_chief(strategy):
+        from amych_tf import export
+
+        classes = summary.get("prototype_classes")  # the unsupervised mapping evaluate just computed
+        path = export.export_model(
+            model, FLAGS.export_dir, classes=classes,
+            source={"model_dir": os.path.abspath(FLAGS.model_dir), "checkpoint": summary["checkpoint"]})
+        print(f"exported {path}")
     return summary
 
 

@@ -1,6 +1,14 @@
-"""Tiny audio made by the tests themselves (nothing is downloaded)."""
+"""Tiny audio, datasets and models made by the tests themselves (nothing is downloaded)."""
+
+import json
+import os
 
 import numpy as np
+
+from amych_tf.spectral import FeatureConfig
+
+# Features of the small models of write_model_dir: 16 frames = 4864 samples (0.3 s).
+FEATURES = FeatureConfig(sample_rate=16000, n_fft=1024, hop_length=256, n_mels=64)
 
 
 def harmonic_tone(f0, sample_rate, seconds=1.0, num_harmonics=10, amplitude=0.2):
@@ -77,3 +85,23 @@ def make_prepared_dir(
     )
     info.save(directory)
     return info
+
+
+def write_model_dir(directory, mode="supervised", data_dir="unused", seed=0):
+    """A small untrained model (3 prototypes, distinct smooth spectra) saved the way amych_tf.train saves one."""
+    import keras
+
+    from amych_tf.model import PlayablePrototypes
+
+    keras.utils.set_random_seed(seed)
+    model = PlayablePrototypes(FEATURES, 3, mode=mode, class_names=["a/x", "b", "c"], start_width=4,
+                               bottleneck_width=16, decoder_width=8)
+    model.build_for_frames(32)
+    bins = np.linspace(0.0, 1.0, FEATURES.n_mels)
+    model.prototypes.assign(np.stack([0.5 + 0.1 * np.cos(2 * np.pi * (k + 1) * bins) for k in range(3)]).astype(np.float32))
+    model.set_active_transformations(("gain", "pitch", "low", "high"))
+    os.makedirs(os.path.join(directory, "checkpoints"))
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump({"model": model.get_config(), "dataset": {"data_dir": data_dir}}, f)
+    model.save_weights(os.path.join(directory, "checkpoints", "latest.weights.h5"))
+    return model

@@ -1,30 +1,13 @@
 """listen: prototype and reconstruction WAVs and figures from a model dir."""
 
-import json
 import os
 
 import numpy as np
 import soundfile
 
-from helpers import harmonic_tone
+from helpers import FEATURES, harmonic_tone, write_model_dir
 
 from amych_tf import evaluate, listen
-from amych_tf.model import PlayablePrototypes
-from amych_tf.spectral import FeatureConfig
-
-FEATURES = FeatureConfig(sample_rate=16000, n_fft=1024, hop_length=256, n_mels=64)
-
-
-def write_model_dir(directory):
-    """A small untrained model saved the way amych_tf.train saves one."""
-    model = PlayablePrototypes(FEATURES, 3, class_names=["a/x", "b", "c"], start_width=4, bottleneck_width=16,
-                               decoder_width=8)
-    model.build_for_frames(32)
-    model.set_active_transformations(("gain", "pitch", "low", "high"))
-    os.makedirs(os.path.join(directory, "checkpoints"))
-    with open(os.path.join(directory, "config.json"), "w") as f:
-        json.dump({"model": model.get_config(), "dataset": {"data_dir": "unused"}}, f)
-    model.save_weights(os.path.join(directory, "checkpoints", "latest.weights.h5"))
 
 
 def dominant_frequency(audio, sample_rate):

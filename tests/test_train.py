@@ -10,6 +10,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from absl import flags
 from absl.testing import flagsaver
 
@@ -284,12 +285,21 @@ def test_two_workers_on_localhost_complete_a_short_run(tiny_data, tmp_path):
     assert os.path.exists(os.path.join(model_dir, "workers", "worker-1", "metrics.json"))
 
 
-def test_unsupervised_run_maps_clusters_to_classes(tiny_data, tmp_path):
-    model_dir = str(tmp_path / "run")
-    summary = run_training(**train_flags(tiny_data, model_dir, mode="unsupervised", epochs=2, media_freq=0))
+def test_unsupervised_run_maps_clusters_to_classes_and_exports(tiny_data, tmp_path):
+    model_dir, export_dir = str(tmp_path / "run"), str(tmp_path / "saved_models" / "run")
+    summary = run_training(**train_flags(tiny_data, model_dir, mode="unsupervised", epochs=2, media_freq=0,
+                                         export_dir=export_dir))
     assert len(summary["prototype_classes"]) == NUM_CLASSES  # K defaults to the number of classes
     assert set(summary["unused_prototypes"]) <= set(range(NUM_CLASSES))
     assert 0.0 <= summary["overall_accuracy"] <= 1.0
+
+    # --export_dir: version 1, prototypes named by the mapping evaluate computed.
+    with open(os.path.join(export_dir, "1", "assets.extra", "amych_tf.json")) as f:
+        assert json.load(f)["prototype_classes"] == summary["prototype_classes"]
+    loaded = tf.saved_model.load(os.path.join(export_dir, "1"))
+    result = loaded.signatures["classify_logmel"](log_mel=tf.fill([2, 40, NUM_MELS], 0.3))
+    winners = result["prototype"].numpy()
+    assert result["class_id"].numpy().tolist() == [summary["prototype_classes"][k] for k in winners]
 
 
 def test_non_finite_loss_stops_before_anything_is_saved(tmp_path):

@@ -1,0 +1,207 @@
+"""export: a SavedModel that plain TensorFlow serves, equal to the Keras model, strict about its inputs."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from helpers import FEATURES, harmonic_tone, make_prepared_dir, write_model_dir
+
+from amych_tf import data, evaluate, export, spectral
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Runs in a fresh interpreter that cannot import amych_tf, data_tools or Keras:
+# calls every signature on inputs.npz, feeds bad inputs, replays the warm-up file.
+SERVE_WITHOUT_AMYCH_TF = textwrap.dedent("""
+    import json, sys
+    for blocked in ("amych_tf", "data_tools", "keras"):
+        sys.modules[blocked] = None  # any import of these now raises ImportError
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    model_path, inputs_path, outputs_path = sys.argv[1:]
+    loaded = tf.saved_model.load(model_path)
+    inputs = dict(np.load(inputs_path))
+    outputs = {}
+    for name, signature, argument in [("long", "serving_default", "waveform"), ("short", "serving_default", "waveform"),
+                                      ("logmel", "classify_logmel", "log_mel"), ("long", "explain", "waveform")]:
+        result = loaded.signatures[signature](**{argument: tf.constant(inputs[name])})
+        for key, value in result.items():  # strings as fixed-width bytes: np.load refuses object arrays
+            value = value.numpy()
+            outputs[f"{signature}/{name}/{key}"] = value.astype("S") if value.dtype == object else value
+    np.savez(outputs_path, **outputs)
+
+    errors = {}
+    for case, signature, argument in [
+            ("rank1", "serving_default", "waveform"), ("rank3", "serving_default", "waveform"),
+            ("empty", "serving_default", "waveform"), ("too_short", "serving_default", "waveform"),
+            ("nan", "serving_default", "waveform"), ("inf", "explain", "waveform"),
+            ("wrong_mels", "classify_logmel", "log_mel"), ("no_frames", "classify_logmel", "log_mel")]:
+        try:
+            loaded.signatures[signature](**{argument: tf.constant(inputs["bad_" + case])})
+            errors[case] = None
+        except Exception as error:
+            errors[case] = [type(error).__name__, str(error)]
+
+    warmup = []
+    path = model_path + "/assets.extra/tf_serving_warmup_requests"
+    for record in tf.data.TFRecordDataset(path):
+        log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        request = log.predict_log.request
+        arguments = {k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()}
+        result = loaded.signatures[request.model_spec.signature_name](**arguments)
+        warmup.append([request.model_spec.signature_name, sorted(result)])
+    print(json.dumps({"errors": errors, "warmup": warmup}))
+""")
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "amych_tf.export", *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=300)
+
+
+def keras_outputs(model, waveform):
+    """What evaluate computes: prepare's tiling to 16 frames, log-Mel, tile-padding to 16 frames, the model."""
+    min_samples = FEATURES.num_samples(data.MIN_FRAMES)
+    waveform = np.stack([np.resize(w, max(len(w), min_samples)) for w in waveform])
+    log_mel = spectral.log_mel(waveform, FEATURES)
+    frames = log_mel.shape[1]
+    padded, mask = data.tile_pad(log_mel, tf.fill([log_mel.shape[0]], frames), 16)
+    outputs = model({"log_mel": padded, "mask": mask}, training=False, return_details=True)
+    return log_mel.numpy(), {k: v.numpy() for k, v in outputs.items()}, frames
+
+
+def test_exported_model_serves_without_amych_tf(tmp_path):
+    model_dir, export_dir = str(tmp_path / "run"), str(tmp_path / "saved_models" / "tiny")
+    write_model_dir(model_dir)
+    result = run_cli(f"--model_dir={model_dir}", f"--export_dir={export_dir}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(os.listdir(export_dir)) == ["1"]  # TF Serving's layout, no staging left behind
+    version_dir = os.path.join(export_dir, "1")
+    with open(os.path.join(version_dir, "assets.extra", export.METADATA_FILENAME)) as f:
+        metadata = json.load(f)
+    assert metadata["feature_config"] == FEATURES.to_dict() and metadata["prototype_classes"] == [0, 1, 2]
+
+    rng = np.random.default_rng(0)
+    long = np.stack([harmonic_tone(f0, 16000, seconds=1.0) for f0 in (220.0, 330.0)])
+    long += 0.01 * rng.standard_normal(long.shape).astype(np.float32)
+    short = harmonic_tone(440.0, 16000, seconds=0.125)[None]  # 2000 samples < 16 frames: tiled
+    bad = {
+        "rank1": long[0], "rank3": long[:, None, :], "empty": np.zeros((0, 16000), np.float32),
+        "too_short": np.zeros((1, FEATURES.n_fft - 1), np.float32),
+        "nan": np.where(np.arange(16000) == 5, np.nan, long[:1]).astype(np.float32),
+        "inf": np.where(np.arange(16000) == 5, np.inf, long[:1]).astype(np.float32),
+        "wrong_mels": np.zeros((1, 32, FEATURES.n_mels + 1), np.float32),
+        "no_frames": np.zeros((1, 0, FEATURES.n_mels), np.float32),
+    }
+    logmel_input = spectral.log_mel(long, FEATURES).numpy()[:, :37]  # not a multiple of 16: padded
+    np.savez(tmp_path / "inputs.npz", long=long, short=short, logmel=logmel_input,
+             **{f"bad_{k}": v.astype(np.float32) for k, v in bad.items()})
+    served = subprocess.run(
+        [sys.executable, "-c", SERVE_WITHOUT_AMYCH_TF, version_dir, str(tmp_path / "inputs.npz"),
+         str(tmp_path / "outputs.npz")], capture_output=True, text=True, cwd=str(tmp_path), timeout=300)
+    assert served.returncode == 0, served.stderr[-3000:]
+    report = json.loads(served.stdout.strip().splitlines()[-1])
+    outputs = dict(np.load(tmp_path / "outputs.npz"))
+
+    model, _ = evaluate.load_model(model_dir)
+    beta_f = float(model.beta) * FEATURES.n_mels
+    for name, waveform in (("long", long), ("short", short)):
+        _, expected, _ = keras_outputs(model, waveform)
+        rec = expected["rec_errors"]
+        np.testing.assert_allclose(outputs[f"serving_default/{name}/rec_errors"], rec, rtol=1e-4, atol=1e-6)
+        winner = rec.argmin(1)
+        np.testing.assert_array_equal(outputs[f"serving_default/{name}/prototype"], winner)
+        np.testing.assert_array_equal(outputs[f"serving_default/{name}/class_id"], winner)
+        assert [n.decode() for n in outputs[f"serving_default/{name}/class_name"]] == [
+            model.class_names[k] for k in winner]
+        logits = -beta_f * rec
+        probabilities = np.exp(logits - logits.max(1, keepdims=True))
+        np.testing.assert_allclose(outputs[f"serving_default/{name}/probabilities"],
+                                   probabilities / probabilities.sum(1, keepdims=True), rtol=1e-4, atol=1e-6)
+
+    padded, mask = data.tile_pad(logmel_input, tf.fill([2], 37), 16)
+    rec = model({"log_mel": padded, "mask": mask}, training=False)["rec_errors"].numpy()
+    np.testing.assert_allclose(outputs["classify_logmel/logmel/rec_errors"], rec, rtol=1e-4, atol=1e-6)
+
+    log_mel, expected, frames = keras_outputs(model, long)
+    winner = expected["rec_errors"].argmin(1)
+    batch = np.arange(len(winner))
+    np.testing.assert_allclose(outputs["explain/long/log_mel"], log_mel, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(outputs["explain/long/reconstruction"],
+                               expected["reconstructions"][batch, :frames, winner], rtol=1e-4, atol=1e-5)
+    for name in export.EXPLAINED_PARAMETERS:
+        np.testing.assert_allclose(outputs[f"explain/long/{name}"], expected[name][batch, :frames, winner],
+                                   rtol=1e-4, atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(outputs["explain/long/prototype_spectrum"], model.prototypes.numpy()[winner])
+
+    messages = {
+        "rank1": "waveform must be float32 [batch, samples]", "rank3": "waveform must be float32 [batch, samples]",
+        "empty": "empty batch", "too_short": "audio too short: at least 1024 samples",
+        "nan": "waveform has NaN or Inf values", "inf": "waveform has NaN or Inf values",
+        "wrong_mels": f"log_mel must have {FEATURES.n_mels} mel bins", "no_frames": "log_mel has no frames",
+    }
+    for case, message in messages.items():
+        assert report["errors"][case] is not None, f"{case} was accepted"
+        kind, text = report["errors"][case]
+        assert kind == "InvalidArgumentError" and message in text, (case, kind, text)
+
+    assert [signature for signature, _ in report["warmup"]] == list(export.SIGNATURES)
+    assert report["warmup"][0][1] == ["class_id", "class_name", "probabilities", "prototype", "rec_errors"]
+
+    # The next export is version 2; an existing version is refused, leaving nothing behind.
+    result = run_cli(f"--model_dir={model_dir}", f"--export_dir={export_dir}", "--export_version=1")
+    assert result.returncode == 2 and "exists already" in result.stderr
+    assert sorted(os.listdir(export_dir)) == ["1"]
+    assert export.next_version(export_dir) == 2
+
+
+def test_unsupervised_export_names_prototypes_by_training_majority(tmp_path):
+    lengths = {"train": [16] * 6, "validation": [], "test": []}
+    make_prepared_dir(tmp_path / "data", lengths, num_mels=FEATURES.n_mels, sample_rate=FEATURES.sample_rate)
+    info = data.load_dataset_info(str(tmp_path / "data"))
+    # The model's features must equal the dataset's: rebuild the helper's model on them.
+    model_dir = str(tmp_path / "run")
+    write_model_dir(model_dir, mode="unsupervised", data_dir=str(tmp_path / "data"))
+    with open(os.path.join(model_dir, "config.json")) as f:
+        config = json.load(f)
+    config["model"]["feature_config"] = info.features.to_dict()
+    with open(os.path.join(model_dir, "config.json"), "w") as f:
+        json.dump(config, f)
+    model, _ = evaluate.load_model(model_dir)
+
+    classes = export.prototype_classes(model, str(tmp_path / "data"))
+    rec, labels = evaluate.collect_rec_errors(model, data.evaluation_dataset(str(tmp_path / "data"), "train", batch_size=4,
+                                                                           info=info))
+    winners = rec.argmin(1)
+    for k in range(3):
+        won = labels[winners == k]
+        assert classes[k] == (np.bincount(won).argmax() if len(won) else -1)
+
+    path = export.export_model(model, str(tmp_path / "saved"), classes=classes)
+    loaded = tf.saved_model.load(path)
+    result = loaded.signatures["classify_logmel"](log_mel=tf.fill([1, 16, FEATURES.n_mels], 0.5))
+    winner = int(result["prototype"][0])
+    assert int(result["class_id"][0]) == classes[winner]
+    expected_name = info.class_names[classes[winner]] if classes[winner] >= 0 else export.UNASSIGNED
+    assert result["class_name"][0].numpy().decode() == expected_name
+
+
+def test_export_errors_are_one_line(tmp_path):
+    result = run_cli(f"--model_dir={tmp_path}/missing", f"--export_dir={tmp_path}/out")
+    assert result.returncode == 2 and result.stderr.strip().startswith("error:")
+    assert not os.path.exists(tmp_path / "out")
+
+
+@pytest.mark.parametrize("names, expected", [([], 1), (["1", "3", "tmp", ".4.tmp-x"], 4)])
+def test_next_version(tmp_path, names, expected):
+    for name in names:
+        os.makedirs(tmp_path / name)
+    assert export.next_version(str(tmp_path)) == expected
