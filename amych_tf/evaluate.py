@@ -8,14 +8,17 @@ latest, stage-<i>-<name>, or a path to a .weights.h5 file; default: best if it
 exists, else latest). The dataset defaults to the one the model was trained
 on; its feature parameters must equal the model's (error otherwise).
 
-* Prediction: the winning prototype argmin_k L_rec(x, k) on the full clip.
+* Prediction: the winning prototype argmin_k L_rec(x, k) on the full clip
+  (baselines, `amych_tf.baselines`: their predicted class, or their K-means
+  cluster with --clustering or when they only cluster).
 * Supervised: prototype k is class k.
 * Unsupervised: each prototype is mapped to the majority class of the
   training clips it wins (computed on the train split); prototypes that win
   nothing map to no class (their clips count as errors) and are listed in
-  `unused_prototypes`.
+  `unused_prototypes`. Clusters of baselines are mapped the same way.
 * OA = accuracy over clips, AA = mean over classes of per-class accuracy,
-  L_rec = mean reconstruction error of the winning prototype.
+  L_rec = mean reconstruction error of the winning prototype (null for
+  baselines, which have no per-class reconstruction).
 
 Writes the JSON to `--output` (default `<model_dir>/eval-<split>.json`) and the
 confusion matrix as a PNG beside it; prints one summary line.
@@ -52,6 +55,8 @@ def define_flags() -> None:
     flags.DEFINE_string("checkpoint", None, "best, latest, stage-<i>-<name>, or a .weights.h5 path "
                         "(default: best, else latest).")
     flags.DEFINE_string("output", None, "JSON file to write (default: <model_dir>/eval-<split>.json).")
+    flags.DEFINE_boolean("clustering", False, "Evaluate a baseline's K-means clusters (majority-mapped) instead of "
+                         "its classifier (apnet: APNet + K-means).")
 
 
 def checkpoint_path(model_dir: str, checkpoint: str | None = None) -> str:
@@ -71,14 +76,14 @@ def checkpoint_path(model_dir: str, checkpoint: str | None = None) -> str:
 
 def load_model(model_dir: str, checkpoint: str | None = None):
     """The model of a training run with the weights of `checkpoint`; returns (model, config)."""
-    from amych_tf.model import PlayablePrototypes
+    from amych_tf import baselines
 
     config_path = os.path.join(model_dir, "config.json")
     if not os.path.isfile(config_path):
         raise EvaluationError(f"{config_path} does not exist: is {model_dir!r} a training run's model_dir?")
     with open(config_path, encoding="utf-8") as f:
         config = json.load(f)
-    model = PlayablePrototypes.from_config(config["model"])
+    model = baselines.model_class(config.get("model_name", "prototypes")).from_config(config["model"])
     model.build_for_frames()
     model.load_weights(checkpoint_path(model_dir, checkpoint))
     return model, config
@@ -103,26 +108,83 @@ def collect_rec_errors(model, dataset):
     return np.concatenate(rec_errors), np.concatenate(labels)
 
 
-def evaluate_model(model, data_dir: str, split: str = "test", batch_size: int = 32, info=None) -> dict:
-    """The metrics of `model` on a split (see the module docstring)."""
+def prototype_classes(model, data_dir: str | None = None, batch_size: int = 32):
+    """Class of each prototype [K] (int, -1 = none): k itself when supervised, else the train-split majority."""
     import numpy as np
 
     from amych_tf import data, metrics
 
+    if model.mode == "supervised":
+        k = np.arange(model.num_prototypes)
+        return np.where(k < model.num_classes, k, -1)
+    if not data_dir:
+        raise EvaluationError("an unsupervised model needs --data_dir to name its prototypes (train-split majority)")
+    try:
+        info = data.load_dataset_info(data_dir, expected_features=model.feature_config)
+    except (FileNotFoundError, ValueError) as error:
+        raise EvaluationError(str(error)) from None
+    rec_errors, labels = collect_rec_errors(
+        model, data.evaluation_dataset(data_dir, "train", batch_size=batch_size, info=info))
+    return metrics.majority_mapping(labels, rec_errors.argmin(1), model.num_prototypes)
+
+
+def is_playable(model) -> bool:
+    """True for PlayablePrototypes (as opposed to a baseline)."""
+    from amych_tf.model import PlayablePrototypes
+
+    return isinstance(model, PlayablePrototypes)
+
+
+def collect_predictions(model, dataset, clustering: bool = False):
+    """(winners [N], L_rec of the winner [N] or None, labels [N]) over a dataset, in order.
+
+    Winners: the prototype argmin_k L_rec (PlayablePrototypes), else the
+    baseline's class, or its cluster when `clustering`.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    if is_playable(model):
+        rec_errors, labels = collect_rec_errors(model, dataset)
+        winners = rec_errors.argmin(1)
+        return winners, rec_errors[np.arange(len(winners)), winners], labels
+    predict = model.predict_clusters if clustering else model.predict_classes
+    predict = tf.function(predict, reduce_retracing=True)
+    winners, labels = [], []
+    for features, batch_labels in dataset:
+        winners.append(predict(features).numpy())
+        labels.append(batch_labels.numpy())
+    return np.concatenate(winners), None, np.concatenate(labels)
+
+
+def evaluate_model(model, data_dir: str, split: str = "test", batch_size: int = 32, info=None,
+                   clustering: bool | None = None) -> dict:
+    """The metrics of `model` on a split (see the module docstring).
+
+    `clustering` (baselines with K-means): evaluate clusters mapped to classes
+    by the training majority; default: only for models that do not classify.
+    """
+    from amych_tf import data, metrics
+
     info = info or data.load_dataset_info(data_dir, expected_features=model.feature_config)
+    clustering = model.mode == "unsupervised" if clustering is None else clustering
+    if clustering and not (is_playable(model) or hasattr(model, "predict_clusters")):
+        raise EvaluationError(f"{type(model).__name__} has no clusters to evaluate")
+    num_winners = model.num_prototypes
 
-    def rec_errors_on(name):
-        return collect_rec_errors(model, data.evaluation_dataset(data_dir, name, batch_size=batch_size, info=info))
+    def predictions_on(name):
+        return collect_predictions(
+            model, data.evaluation_dataset(data_dir, name, batch_size=batch_size, info=info), clustering)
 
-    rec_errors, labels = rec_errors_on(split)
-    winners = rec_errors.argmin(1)
+    winners, rec_of_winner, labels = predictions_on(split)
     mapping = None
-    if model.mode == "unsupervised":
-        train_rec, train_labels = rec_errors_on("train")
-        mapping = metrics.majority_mapping(train_labels, train_rec.argmin(1), model.num_prototypes)
-    summary = metrics.summarise(labels, winners, rec_errors[np.arange(len(winners)), winners],
-                                info.num_classes, mapping=mapping, class_names=info.class_names)
-    summary.update(split=split, mode=model.mode, num_prototypes=model.num_prototypes)
+    if clustering:
+        train_winners, _, train_labels = predictions_on("train")
+        mapping = metrics.majority_mapping(train_labels, train_winners, num_winners)
+    summary = metrics.summarise(labels, winners, rec_of_winner, info.num_classes, mapping=mapping,
+                                class_names=info.class_names)
+    summary.update(split=split, mode="unsupervised" if clustering else "supervised", num_prototypes=num_winners,
+                   model=type(model).__name__)
     return summary
 
 
@@ -142,9 +204,9 @@ def write_report(summary: dict, output: str, class_names) -> None:
 
 
 def summary_line(summary: dict) -> str:
+    rec = "" if summary["rec_error"] is None else f"L_rec {summary['rec_error']:.4f}  "
     return (f"{summary['split']} OA {100 * summary['overall_accuracy']:.1f}%  "
-            f"AA {100 * summary['average_accuracy']:.1f}%  L_rec {summary['rec_error']:.4f}  "
-            f"({summary['num_examples']} clips)")
+            f"AA {100 * summary['average_accuracy']:.1f}%  {rec}({summary['num_examples']} clips)")
 
 
 def main(argv):
@@ -162,7 +224,8 @@ def main(argv):
             raise EvaluationError(str(error)) from None
         if info.split_counts.get(FLAGS.split, 0) == 0:
             raise EvaluationError(f"dataset {data_dir!r} has no {FLAGS.split} clips")
-        summary = evaluate_model(model, data_dir, FLAGS.split, FLAGS.eval_batch_size, info=info)
+        summary = evaluate_model(model, data_dir, FLAGS.split, FLAGS.eval_batch_size, info=info,
+                                 clustering=FLAGS.clustering or None)
     except EvaluationError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

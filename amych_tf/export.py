@@ -91,26 +91,6 @@ def next_version(export_dir: str) -> int:
     return max(versions, default=0) + 1
 
 
-def prototype_classes(model, data_dir: str | None = None, batch_size: int = 32):
-    """Class of each prototype [K] (int, -1 = none): k itself when supervised, else the train-split majority."""
-    import numpy as np
-
-    from amych_tf import data, evaluate, metrics
-
-    if model.mode == "supervised":
-        k = np.arange(model.num_prototypes)
-        return np.where(k < model.num_classes, k, -1)
-    if not data_dir:
-        raise ExportError("an unsupervised model needs --data_dir to name its prototypes (train-split majority)")
-    try:
-        info = data.load_dataset_info(data_dir, expected_features=model.feature_config)
-    except (FileNotFoundError, ValueError) as error:
-        raise ExportError(str(error)) from None
-    rec_errors, labels = evaluate.collect_rec_errors(
-        model, data.evaluation_dataset(data_dir, "train", batch_size=batch_size, info=info))
-    return metrics.majority_mapping(labels, rec_errors.argmin(1), model.num_prototypes)
-
-
 class ServingGraph:
     """The exported functions, over a PlayablePrototypes model and its prototype -> class mapping."""
 
@@ -278,10 +258,10 @@ def export_model(model, export_dir: str, *, classes=None, version: int | None = 
     import keras
     import tensorflow as tf
 
-    from amych_tf import data
+    from amych_tf import data, evaluate
 
     if classes is None:
-        classes = prototype_classes(model)
+        classes = evaluate.prototype_classes(model)
     version = version or next_version(export_dir)
     final = os.path.join(export_dir, str(version))
     if os.path.exists(final):
@@ -333,7 +313,7 @@ def export_run(model_dir: str, export_dir: str, *, checkpoint: str | None = None
     from amych_tf import evaluate
 
     model, config = evaluate.load_model(model_dir, checkpoint)
-    classes = prototype_classes(model, data_dir or config["dataset"]["data_dir"], batch_size)
+    classes = evaluate.prototype_classes(model, data_dir or config["dataset"]["data_dir"], batch_size)
     source = {"model_dir": os.path.abspath(model_dir),
               "checkpoint": os.path.abspath(evaluate.checkpoint_path(model_dir, checkpoint))}
     return export_model(model, export_dir, classes=classes, version=version, source=source)

@@ -11,8 +11,16 @@ with the inverse front end, `amych_tf.spectral.inverse_log_mel`):
   <input>/prototype-<k>-<name>.wav   by every prototype (timbre transfer, Figure 6)
   <input>/grid.png                input x every prototype's reconstruction, with L_rec (Figure 6)
   <input>/transformations.png     the winner's gain, pitch ratio and filters over time
+  <input>/stages.png              input and the winner's reconstruction after each curriculum
+                                  stage, from the run's stage checkpoints (Figure 5)
+  <input>/stage-<i>-<name>.wav    those reconstructions
+  class_average_vs_prototype.png  each prototype over the mean spectrum of its class on the
+                                  train split of --data_dir (default: the run's dataset, skipped
+                                  with a note if it is not there) (Figure 4)
 Inputs are read like data_tools.prepare reads them (mono, resampled, tiled to
 at least 16 frames) and padded by tiling to a multiple of 16 frames.
+Unsupervised prototypes are compared with the class they are mapped to (the
+training majority, as amych_tf.evaluate maps them).
 """
 
 from __future__ import annotations
@@ -95,6 +103,85 @@ def listen_to_prototypes(model, out_dir: str, seconds: float = 1.0, n_iter: int 
     return paths
 
 
+def class_means(model, data_dir: str, split: str = "train", batch_size: int = 32):
+    """Mean log-Mel spectrum [C, F] of each class's clips (each clip averaged over its real frames).
+
+    Classes without clips are NaN. Returns (means, DatasetInfo).
+    """
+    import numpy as np
+
+    from amych_tf import data
+
+    info = data.load_dataset_info(data_dir, expected_features=model.feature_config)
+    sums = np.zeros((info.num_classes, model.feature_config.n_mels))
+    counts = np.zeros(info.num_classes)
+    for features, labels in data.evaluation_dataset(data_dir, split, batch_size=batch_size, info=info):
+        mask = features["mask"].numpy()[..., None]
+        clip_means = (features["log_mel"].numpy() * mask).sum(1) / mask.sum(1)
+        np.add.at(sums, labels.numpy(), clip_means)
+        counts += np.bincount(labels.numpy(), minlength=info.num_classes)
+    with np.errstate(invalid="ignore"):
+        return sums / counts[:, None], info
+
+
+def listen_to_class_averages(model, data_dir: str, out_dir: str, batch_size: int = 32) -> str:
+    """Figure 4: every prototype over the average spectrum of its class; returns the PNG's path."""
+    import numpy as np
+
+    from amych_tf import evaluate, plots
+
+    means, info = class_means(model, data_dir, batch_size=batch_size)
+    classes = evaluate.prototype_classes(model, data_dir, batch_size)
+    per_prototype = np.stack([means[c] if c >= 0 else np.full(means.shape[1], np.nan) for c in classes])
+    names = [info.class_names[c] if c >= 0 else "no class" for c in classes]
+    if model.mode == "unsupervised":
+        names = [f"cluster{k}: {name}" for k, name in enumerate(names)]
+    path = os.path.join(out_dir, "class_average_vs_prototype.png")
+    os.makedirs(out_dir, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(plots.figure_to_png(plots.class_average_vs_prototype(per_prototype, model.prototypes.numpy(), names)))
+    return path
+
+
+def listen_across_stages(model_dir: str, path: str, out_dir: str, n_iter: int = 64) -> str | None:
+    """Figure 5 for one input from the run's stage checkpoints; returns the PNG's path (None: no stages)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from amych_tf import evaluate, plots, report
+
+    checkpoints = report.stage_checkpoints(model_dir)
+    if not checkpoints:
+        return None
+    model, _ = evaluate.load_model(model_dir, checkpoints[0][2])
+    config, names = model.feature_config, prototype_names(model)
+    log_mel, frames = input_log_mel(path, config, 2**model.n_pools)
+    features = {"log_mel": tf.constant(log_mel[None]),
+                "mask": tf.constant((np.arange(log_mel.shape[0]) < frames).astype(np.float32)[None])}
+    directory = input_directory(out_dir, path)
+    rows = []
+    for index, stage, checkpoint in checkpoints:
+        model.load_weights(checkpoint)
+        outputs = model(features, training=False, return_details=True)
+        rec_errors = outputs["rec_errors"].numpy()[0]
+        winner = int(rec_errors.argmin())
+        reconstruction = outputs["reconstructions"].numpy()[0, :frames, winner]
+        rows.append((report.ROW_NAMES.get(stage, stage), reconstruction, model.prototypes.numpy()[winner],
+                     names[winner], float(rec_errors[winner])))
+        write_wav(os.path.join(directory, f"stage-{index}-{stage}.wav"), to_audio(reconstruction, config, n_iter),
+                  config.sample_rate)
+    figure_path = os.path.join(directory, "stages.png")
+    with open(figure_path, "wb") as f:
+        f.write(plots.figure_to_png(plots.stage_reconstructions(log_mel[:frames], rows, os.path.basename(path))))
+    return figure_path
+
+
+def input_directory(out_dir: str, path: str) -> str:
+    directory = os.path.join(out_dir, safe_name(os.path.splitext(os.path.basename(path))[0]))
+    os.makedirs(directory, exist_ok=True)
+    return directory
+
+
 def input_log_mel(path: str, config, multiple_of: int = 16):
     """(log-Mel padded by tiling to a multiple of `multiple_of` frames, number of real frames)."""
     import numpy as np
@@ -124,8 +211,7 @@ def listen_to_input(model, path: str, out_dir: str, n_iter: int = 64) -> dict:
     rec_errors = outputs["rec_errors"].numpy()[0]
     winner = int(rec_errors.argmin())
     reconstructions = outputs["reconstructions"].numpy()[0, :frames].transpose(1, 0, 2)  # [K, T, F]
-    directory = os.path.join(out_dir, safe_name(os.path.splitext(os.path.basename(path))[0]))
-    os.makedirs(directory, exist_ok=True)
+    directory = input_directory(out_dir, path)
     write_wav(os.path.join(directory, "input.wav"), to_audio(log_mel[:frames], config, n_iter), config.sample_rate)
     audio = to_audio(reconstructions, config, n_iter)
     write_wav(os.path.join(directory, f"winner-{winner}-{safe_name(names[winner])}.wav"), audio[winner],
@@ -153,11 +239,17 @@ def main(argv):
     try:
         if not FLAGS.model_dir or not FLAGS.out_dir:
             raise evaluate.EvaluationError("--model_dir and --out_dir are required")
-        model, _ = evaluate.load_model(FLAGS.model_dir, FLAGS.checkpoint)
+        model, config = evaluate.load_model(FLAGS.model_dir, FLAGS.checkpoint)
         listen_to_prototypes(model, FLAGS.out_dir, FLAGS.seconds, FLAGS.griffin_lim_iters)
+        data_dir = FLAGS.data_dir or config["dataset"]["data_dir"]
+        if os.path.isfile(os.path.join(data_dir, "dataset_info.json")):
+            print(f"class averages -> {listen_to_class_averages(model, data_dir, FLAGS.out_dir, FLAGS.eval_batch_size)}")
+        else:
+            print(f"note: no dataset at {data_dir!r}: class_average_vs_prototype.png skipped (give --data_dir)")
         names = prototype_names(model)
         for path in FLAGS.inputs:
             result = listen_to_input(model, path, FLAGS.out_dir, FLAGS.griffin_lim_iters)
+            listen_across_stages(FLAGS.model_dir, path, FLAGS.out_dir, FLAGS.griffin_lim_iters)
             print(f"{path}: prototype {names[result['winner']]} (L_rec {result['rec_errors'].min():.4f}) "
                   f"-> {result['directory']}")
     except (evaluate.EvaluationError, audio.UnusableAudio) as error:

@@ -59,6 +59,7 @@ def summarise(labels, winners, rec_of_winner, num_classes: int, mapping=None, cl
     """OA, AA, mean L_rec of the winning prototype, per-class accuracy, confusion matrix.
 
     `mapping` [K] maps prototypes to classes (unsupervised); None means prototype k is class k.
+    `rec_of_winner` None (models without a reconstruction error) gives "rec_error": None.
     """
     winners = np.asarray(winners, np.int64)
     predictions = winners if mapping is None else np.asarray(mapping)[winners]
@@ -68,7 +69,7 @@ def summarise(labels, winners, rec_of_winner, num_classes: int, mapping=None, cl
         "num_examples": int(len(winners)),
         "overall_accuracy": overall_accuracy(labels, predictions),
         "average_accuracy": float(np.nanmean(per_class)) if len(winners) else float("nan"),
-        "rec_error": float(np.mean(rec_of_winner)) if len(winners) else float("nan"),
+        "rec_error": None if rec_of_winner is None else float(np.mean(rec_of_winner)) if len(winners) else float("nan"),
         "per_class_accuracy": {n: (None if np.isnan(a) else float(a)) for n, a in zip(names, per_class)},
         "confusion_matrix": confusion_matrix(labels, predictions, num_classes).tolist(),
     }

@@ -43,6 +43,53 @@ def prototype_gallery(prototypes, names=None, columns=8):
     return figure
 
 
+def class_average_vs_prototype(class_means, prototypes, names, columns=8):
+    """Each prototype [F] over the mean log-Mel spectrum [F] of its class (the paper's Figure 4)."""
+    prototypes, class_means = np.asarray(prototypes), np.asarray(class_means)
+    rows = -(-len(prototypes) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(2.0 * columns, 1.6 * rows), squeeze=False, sharey=True)
+    bins = np.arange(prototypes.shape[1])
+    for k, axis in enumerate(axes.flat):
+        if k >= len(prototypes):
+            axis.axis("off")
+            continue
+        if np.all(np.isfinite(class_means[k])):
+            axis.plot(class_means[k], bins, color="0.6", label="class average")
+        axis.plot(prototypes[k], bins, color="tab:blue", label="prototype")
+        axis.set_title(names[k], fontsize=7)
+        axis.set_xlim(*SPECTROGRAM_RANGE)
+        axis.tick_params(labelsize=6)
+    axes.flat[0].legend(fontsize=6, loc="lower right")
+    figure.supylabel("mel bin", fontsize=8)
+    figure.supxlabel("log-Mel level", fontsize=8)
+    return figure
+
+
+def stage_reconstructions(log_mel, stages, title=""):
+    """One input and its reconstruction by the winning prototype after each curriculum stage (Figure 5).
+
+    stages: list of (stage label, reconstruction [T, F], winning prototype [F], its name, L_rec).
+    """
+    rows = len(stages)
+    figure, axes = plt.subplots(rows, 3, figsize=(9, 1.9 * rows), squeeze=False,
+                                gridspec_kw={"width_ratios": [4, 4, 1]})
+    for row, (label, reconstruction, prototype, name, error) in enumerate(stages):
+        for axis, image, caption in ((axes[row, 0], log_mel, "input"),
+                                     (axes[row, 1], reconstruction, f"{label}: {name}, L_rec {error:.4f}")):
+            axis.imshow(np.asarray(image).T, origin="lower", aspect="auto", vmin=SPECTROGRAM_RANGE[0],
+                        vmax=SPECTROGRAM_RANGE[1])
+            axis.set_title(caption, fontsize=7)
+            axis.set_xticks([])
+            axis.set_yticks([])
+        axes[row, 2].plot(prototype, np.arange(len(prototype)))
+        axes[row, 2].set_xlim(*SPECTROGRAM_RANGE)
+        axes[row, 2].set_title("prototype", fontsize=7)
+        axes[row, 2].set_xticks(SPECTROGRAM_RANGE)
+        axes[row, 2].tick_params(labelsize=5)
+    figure.suptitle(title, fontsize=9)
+    return figure
+
+
 def reconstruction_panel(log_mel, reconstruction, prototype, title=""):
     """Input, reconstruction, squared error and the winning prototype for one clip."""
     figure, axes = plt.subplots(1, 4, figsize=(12, 3), gridspec_kw={"width_ratios": [4, 4, 4, 1]})

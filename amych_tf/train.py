@@ -43,7 +43,11 @@ def define_flags() -> None:
         flags.DEFINE_string("data_dir", None, "Prepared dataset directory (data_tools.prepare).")
     if "model_dir" not in FLAGS:
         flags.DEFINE_string("model_dir", None, "Output directory; rerunning with the same one resumes.")
-    flags.DEFINE_enum("mode", "supervised", ["supervised", "unsupervised"], "Training setting (sections 3.2/3.3).")
+    flags.DEFINE_enum("model", "prototypes", ["prototypes", "direct", "autoencoder", "apnet"],
+                      "prototypes: PlayablePrototypes; direct, autoencoder, apnet: the paper's baselines "
+                      "(amych_tf.baselines).")
+    flags.DEFINE_enum("mode", "supervised", ["supervised", "unsupervised"],
+                      "Training setting of --model=prototypes (sections 3.2/3.3); baselines have their own.")
     flags.DEFINE_integer("num_prototypes", 0, "K; 0 = the number of classes.")
     flags.DEFINE_integer("batch_size", 32, "Global batch size (split over replicas).")
     if "eval_batch_size" not in FLAGS:
@@ -104,7 +108,11 @@ def check_flags(info_loader=None):
         except ValueError as error:
             raise FlagError(str(error)) from None
     num_prototypes = FLAGS.num_prototypes or info.num_classes
-    if FLAGS.mode == "supervised" and num_prototypes < info.num_classes:
+    if FLAGS.model != "prototypes" and FLAGS.export_dir:
+        raise FlagError("--export_dir exports PlayablePrototypes only (amych_tf.export); baselines are not served")
+    if FLAGS.model in ("direct", "apnet") and FLAGS.mode == "unsupervised":
+        raise FlagError(f"--model={FLAGS.model} is a supervised baseline; --mode=unsupervised applies to prototypes")
+    if FLAGS.model == "prototypes" and FLAGS.mode == "supervised" and num_prototypes < info.num_classes:
         raise FlagError(
             f"--num_prototypes={num_prototypes} is smaller than the {info.num_classes} classes of the dataset; "
             "supervised mode ties prototype k to class k"
@@ -150,10 +158,19 @@ def worker_dir(model_dir: str, strategy) -> str:
 def build_model(info, num_prototypes, strategy):
     import keras
 
+    from amych_tf import baselines
     from amych_tf.model import PlayablePrototypes, optimizer_groups
     from amych_tf.optimizers import GroupedAdamW
 
     keras.utils.set_random_seed(FLAGS.seed)  # before the weights are created
+    if FLAGS.model != "prototypes":
+        extra = {"num_frames": FLAGS.train_frames} if FLAGS.model == "apnet" else {}
+        with strategy.scope():
+            model = baselines.model_class(FLAGS.model)(info.features, info.num_classes,
+                                                        class_names=info.class_names, **extra)
+            model.build_for_frames(FLAGS.train_frames)
+            model.compile(optimizer=model.default_optimizer(FLAGS.learning_rate), jit_compile=FLAGS.jit_compile)
+        return model
     with strategy.scope():
         model = PlayablePrototypes(
             info.features, num_prototypes, mode=FLAGS.mode, num_classes=info.num_classes,
@@ -171,6 +188,7 @@ def write_run_files(model_dir, model, info):
     with open(os.path.join(model_dir, "flags.txt"), "w", encoding="utf-8") as f:
         f.write(FLAGS.flags_into_string())
     config = {
+        "model_name": FLAGS.model,
         "model": model.get_config(),
         "dataset": {"data_dir": os.path.abspath(FLAGS.data_dir), "class_names": info.class_names},
         "train": {"mode": FLAGS.mode, "train_frames": FLAGS.train_frames, "batch_size": FLAGS.batch_size},
@@ -183,6 +201,7 @@ def write_run_files(model_dir, model, info):
 
 def run(info, num_prototypes) -> dict:
     import keras
+    import numpy as np
     import tensorflow as tf
 
     from amych_tf import callbacks, data, evaluate, initialization
@@ -206,22 +225,28 @@ def run(info, num_prototypes) -> dict:
         validation_data = data.distributed_evaluation_dataset(
             strategy, FLAGS.data_dir, "validation", global_batch_size=FLAGS.eval_batch_size, info=info)
 
-    init_data = data.evaluation_dataset(FLAGS.data_dir, "train", batch_size=FLAGS.eval_batch_size, info=info)
-    initialization.initialise_prototypes(model, init_data.shuffle(1000, seed=FLAGS.seed),
-                                         max_examples=FLAGS.init_examples, seed=FLAGS.seed)
+    playable = FLAGS.model == "prototypes"
+    train_split = data.evaluation_dataset(FLAGS.data_dir, "train", batch_size=FLAGS.eval_batch_size, info=info)
+    if playable:
+        initialization.initialise_prototypes(model, train_split.shuffle(1000, seed=FLAGS.seed),
+                                             max_examples=FLAGS.init_examples, seed=FLAGS.seed)
 
     checkpoints = os.path.join(out_dir, "checkpoints")
     os.makedirs(checkpoints, exist_ok=True)
     # Order matters at epoch end: the curriculum and reassignment change the model
     # before BackupAndRestore and the checkpoints save it.
-    run_callbacks = [
-        callbacks.NonFiniteGuard(),
-        callbacks.Curriculum(FLAGS.mode, FLAGS.learning_rate, patience=FLAGS.patience,
-                             warmup_steps=FLAGS.warmup_steps, stop_stage=FLAGS.curriculum_stop,
-                             checkpoint_dir=checkpoints),
-    ]
-    if FLAGS.mode == "unsupervised":
-        run_callbacks.append(callbacks.Reassignment(seed=FLAGS.seed))
+    run_callbacks = [callbacks.NonFiniteGuard()]
+    if playable:
+        run_callbacks.append(callbacks.Curriculum(
+            FLAGS.mode, FLAGS.learning_rate, patience=FLAGS.patience, warmup_steps=FLAGS.warmup_steps,
+            stop_stage=FLAGS.curriculum_stop, checkpoint_dir=checkpoints))
+        if FLAGS.mode == "unsupervised":
+            run_callbacks.append(callbacks.Reassignment(seed=FLAGS.seed))
+    else:
+        # Baselines have no curriculum: they stop when the validation loss (the
+        # training loss without a validation split) has not improved for --patience epochs.
+        run_callbacks.append(keras.callbacks.EarlyStopping(
+            monitor="val_loss" if validation_data is not None else "loss", patience=FLAGS.patience))
     run_callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(out_dir, "backup")))
     run_callbacks += [
         callbacks.TrainingScalars(os.path.join(out_dir, "logs", "train")),
@@ -236,7 +261,7 @@ def run(info, num_prototypes) -> dict:
         run_callbacks.append(keras.callbacks.ModelCheckpoint(
             os.path.join(checkpoints, "best.weights.h5"), save_weights_only=True, save_best_only=True,
             monitor="val_loss", mode="min"))
-        if FLAGS.media_freq > 0:
+        if FLAGS.media_freq > 0 and playable:
             media_data = data.evaluation_dataset(FLAGS.data_dir, "validation", batch_size=FLAGS.eval_batch_size,
                                                  info=info)
             run_callbacks.append(callbacks.TensorBoardMedia(
@@ -251,12 +276,27 @@ def run(info, num_prototypes) -> dict:
     best = os.path.join(checkpoints, "best.weights.h5")
     if os.path.exists(best):
         model.load_weights(best)
+    if hasattr(model, "fit_clusters"):
+        # Baselines that cluster: K-means on the train split's embeddings of the
+        # final model, stored in the model's weights (best and latest checkpoints).
+        embed = tf.function(model.embed, reduce_retracing=True)
+        embeddings = np.concatenate([embed(features).numpy() for features, _ in train_split])
+        model.fit_clusters(embeddings, seed=FLAGS.seed)
+        for name in ("best", "latest"):
+            model.save_weights(os.path.join(checkpoints, f"{name}.weights.h5"))
     summary = evaluate.evaluate_model(model, FLAGS.data_dir, "test", FLAGS.eval_batch_size, info=info)
     summary.update(train_seconds=round(train_seconds, 1), checkpoint="best" if os.path.exists(best) else "last",
-                   curriculum_stage=callbacks.curriculum_stages(FLAGS.mode)[int(model.curriculum_state.numpy()[0])])
+                   num_parameters=int(model.count_params()))
+    if playable:
+        summary["curriculum_stage"] = callbacks.curriculum_stages(FLAGS.mode)[int(model.curriculum_state.numpy()[0])]
+    elif hasattr(model, "fit_clusters") and model.mode == "supervised":  # apnet: also APNet + K-means
+        clusters = evaluate.evaluate_model(model, FLAGS.data_dir, "test", FLAGS.eval_batch_size, info=info,
+                                           clustering=True)
+        summary["clustering"] = {key: clusters[key] for key in (
+            "overall_accuracy", "average_accuracy", "per_class_accuracy", "prototype_classes", "unused_prototypes")}
     evaluate.write_report(summary, os.path.join(out_dir, "metrics.json"), info.class_names)
     print(f"{evaluate.summary_line(summary)}, trained {train_seconds:.0f} s")
-    if FLAGS.export_dir and is_chief(strategy):
+    if FLAGS.export_dir and is_chief(strategy) and playable:
         from amych_tf import export
 
         classes = summary.get("prototype_classes")  # the unsupervised mapping evaluate just computed

@@ -35,6 +35,8 @@ def make_prepared_dir(
     storage_dtype="float32",
     spectrogram=frame_coded_log_mel,
     sample_rate=16000,
+    n_fft=1024,
+    hop_length=512,
 ):
     """Write a tiny prepared dataset (the schema of amych_tf.data) without data_tools.prepare.
 
@@ -77,7 +79,7 @@ def make_prepared_dir(
     with open(os.path.join(directory, data.MANIFEST_FILENAME), "w", encoding="utf-8") as f:
         f.write("\n".join(manifest) + "\n")
     info = data.DatasetInfo(
-        features=FeatureConfig(sample_rate=sample_rate, n_fft=1024, hop_length=512, n_mels=num_mels),
+        features=FeatureConfig(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=num_mels),
         class_names=class_names,
         split_counts=split_counts,
         num_shards=num_shards,

@@ -177,7 +177,7 @@ def test_unsupervised_export_names_prototypes_by_training_majority(tmp_path):
         json.dump(config, f)
     model, _ = evaluate.load_model(model_dir)
 
-    classes = export.prototype_classes(model, str(tmp_path / "data"))
+    classes = evaluate.prototype_classes(model, str(tmp_path / "data"))
     rec, labels = evaluate.collect_rec_errors(model, data.evaluation_dataset(str(tmp_path / "data"), "train", batch_size=4,
                                                                            info=info))
     winners = rec.argmin(1)

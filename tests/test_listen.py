@@ -5,7 +5,7 @@ import os
 import numpy as np
 import soundfile
 
-from helpers import FEATURES, harmonic_tone, write_model_dir
+from helpers import FEATURES, harmonic_tone, make_prepared_dir, write_model_dir
 
 from amych_tf import evaluate, listen
 
@@ -42,3 +42,35 @@ def test_listen_writes_playable_wavs_and_figures(tmp_path):
     frames = FEATURES.num_frames(16000)
     assert len(audio) == FEATURES.num_samples(frames)
     assert abs(dominant_frequency(audio, 16000) - 440.0) < 10.0
+
+
+def test_class_averages_and_curriculum_stage_figures(tmp_path):
+    lengths = {"train": [16, 20, 24, 28, 32, 36, 40], "validation": [], "test": []}
+    make_prepared_dir(tmp_path / "data", lengths, num_mels=FEATURES.n_mels, sample_rate=FEATURES.sample_rate,
+                      n_fft=FEATURES.n_fft, hop_length=FEATURES.hop_length)
+    model_dir, out_dir = str(tmp_path / "run"), str(tmp_path / "listen")
+    model = write_model_dir(model_dir, data_dir=str(tmp_path / "data"))
+    # Stage checkpoints as the curriculum writes them: raw prototypes, then + gain.
+    for index, (stage, active) in enumerate([("raw", ()), ("gain", ("gain",))]):
+        model.set_active_transformations(active)
+        model.save_weights(os.path.join(model_dir, "checkpoints", f"stage-{index}-{stage}.weights.h5"))
+
+    # Class k holds clips i = k, k + 3, ... (helpers.make_prepared_dir): a clip of n frames averages to
+    # (n - 1) / 2 in every bin but bin 1, which holds i.
+    means, _ = listen.class_means(model, str(tmp_path / "data"), batch_size=3)
+    for k in range(3):
+        clips = range(k, len(lengths["train"]), 3)
+        expected = np.full(FEATURES.n_mels, np.mean([(lengths["train"][i] - 1) / 2 for i in clips]))
+        expected[1] = np.mean(list(clips))
+        np.testing.assert_allclose(means[k], expected, rtol=1e-6)
+    assert os.path.getsize(listen.listen_to_class_averages(model, str(tmp_path / "data"), out_dir)) > 1000
+
+    tone_path = str(tmp_path / "tone.wav")
+    soundfile.write(tone_path, harmonic_tone(330.0, 16000, seconds=0.6), 16000)
+    figure = listen.listen_across_stages(model_dir, tone_path, out_dir, n_iter=8)
+    directory = os.path.dirname(figure)
+    assert os.path.getsize(figure) > 1000
+    assert sorted(n for n in os.listdir(directory) if n.startswith("stage-")) == ["stage-0-raw.wav",
+                                                                                  "stage-1-gain.wav"]
+    audio, rate = soundfile.read(os.path.join(directory, "stage-0-raw.wav"))
+    assert rate == 16000 and np.all(np.isfinite(audio)) and np.abs(audio).max() > 0.1
