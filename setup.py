@@ -55,6 +55,7 @@ setup(
             "amych-report = amych_tf.report:console_main",
             "amych-listen = amych_tf.listen:console_main",
             "amych-export = amych_tf.export:console_main",
+            "amych-compare = amych_tf.compare:console_main",
         ]
     },
     classifiers=[

@@ -43,6 +43,33 @@ DECODERS = {"gain": 1, "pitch": 1, "filters": 4}  # name -> parameters per proto
 BETA_FREE_INIT = -4.0
 
 
+def unpack_features(inputs) -> tuple[tf.Tensor, tf.Tensor]:
+    """(log_mel float32 [B, T, F], mask float32 [B, T]) from a features dict or a log-Mel tensor.
+
+    A missing mask means every frame is real.
+    """
+    if isinstance(inputs, Mapping):
+        log_mel = tf.convert_to_tensor(inputs["log_mel"], tf.float32)
+        mask = inputs.get("mask")
+    else:
+        log_mel, mask = tf.convert_to_tensor(inputs, tf.float32), None
+    if mask is None:
+        mask = tf.ones(tf.shape(log_mel)[:2], tf.float32)
+    return log_mel, tf.cast(mask, tf.float32)
+
+
+def distributed_logs(logs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    """Logs that Keras can reduce under MultiWorkerMirroredStrategy.
+
+    Keras 3 reduces every log with strategy.reduce("MEAN", value, axis=0) under
+    multi-worker training, which fails on scalars (tensorflow/tensorflow#72388):
+    give each a leading axis of 1 there.
+    """
+    if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+        return {name: tf.reshape(value, [1]) for name, value in logs.items()}
+    return logs
+
+
 def masked_mean_over_time(values: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
     """Mean over axis 1 of values [B, T, ...] counting frames where mask [B, T] is 1."""
     mask = tf.reshape(mask, tf.concat([tf.shape(mask), tf.ones([tf.rank(values) - 2], tf.int32)], 0))
@@ -248,19 +275,8 @@ class PlayablePrototypes(keras.Model):
         return reconstruction.reconstructions(
             self.shifted_prototypes(parameters["pitch_ratio"]), *_additive(parameters))
 
-    @staticmethod
-    def _unpack(inputs):
-        if isinstance(inputs, Mapping):
-            log_mel = tf.convert_to_tensor(inputs["log_mel"], tf.float32)
-            mask = inputs.get("mask")
-        else:
-            log_mel, mask = tf.convert_to_tensor(inputs, tf.float32), None
-        if mask is None:
-            mask = tf.ones(tf.shape(log_mel)[:2], tf.float32)
-        return log_mel, tf.cast(mask, tf.float32)
-
     def call(self, inputs, training=None, return_details=False):
-        log_mel, mask = self._unpack(inputs)
+        log_mel, mask = unpack_features(inputs)
         parameters = self.gated_parameters(self.transformation_parameters(log_mel, training=training))
         per_frame = reconstruction.frame_errors(
             log_mel, self.shifted_prototypes(parameters["pitch_ratio"]), *_additive(parameters))
@@ -298,12 +314,7 @@ class PlayablePrototypes(keras.Model):
                 average_accuracy=self.average_accuracy.result(),
             )
         logs["beta"] = self.beta
-        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
-            # Keras 3 reduces every log with strategy.reduce("MEAN", value, axis=0)
-            # under multi-worker training, which fails on scalars
-            # (tensorflow/tensorflow#72388): give each a leading axis of 1.
-            logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
-        return logs
+        return distributed_logs(logs)
 
     def train_step(self, data):
         features, labels = data

@@ -170,6 +170,9 @@ def build_model(info, num_prototypes, strategy):
                                                         class_names=info.class_names, **extra)
             model.build_for_frames(FLAGS.train_frames)
             model.compile(optimizer=model.default_optimizer(FLAGS.learning_rate), jit_compile=FLAGS.jit_compile)
+            # Built here, in the strategy's scope: built lazily inside fit, Keras' Adam
+            # fails under MirroredStrategy with more than one replica.
+            model.optimizer.build(model.trainable_variables)
         return model
     with strategy.scope():
         model = PlayablePrototypes(
@@ -248,8 +251,9 @@ def run(info, num_prototypes) -> dict:
         run_callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_loss" if validation_data is not None else "loss", patience=FLAGS.patience))
     run_callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(out_dir, "backup")))
+    if playable:
+        run_callbacks.append(callbacks.TrainingScalars(os.path.join(out_dir, "logs", "train")))
     run_callbacks += [
-        callbacks.TrainingScalars(os.path.join(out_dir, "logs", "train")),
         keras.callbacks.TensorBoard(
             os.path.join(out_dir, "logs"),
             update_freq="epoch" if FLAGS.log_freq == "epoch" else int(FLAGS.log_freq)),

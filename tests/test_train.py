@@ -14,7 +14,7 @@ import tensorflow as tf
 from absl import flags
 from absl.testing import flagsaver
 
-from helpers import make_prepared_dir
+from helpers import class_coded_log_mel, make_prepared_dir
 
 from amych_tf import callbacks, train
 
@@ -22,14 +22,6 @@ FLAGS = flags.FLAGS
 train.define_flags()
 NUM_MELS = 32
 NUM_CLASSES = 3
-
-
-def class_coded_log_mel(clip_index, num_frames, num_mels):
-    """Class k = clip_index % 3: a peak at bin 4 + 8k over a low floor, with a little texture."""
-    rng = np.random.default_rng(clip_index)
-    log_mel = 0.1 + 0.02 * rng.random((num_frames, num_mels))
-    log_mel[:, 4 + 8 * (clip_index % NUM_CLASSES)] += 0.5
-    return log_mel.astype(np.float32)
 
 
 @pytest.fixture(scope="module")
