@@ -147,8 +147,31 @@ class AssignmentCounts(keras.metrics.Metric):
         return {**super().get_config(), "num_prototypes": self.num_prototypes}
 
 
+class PrebuiltModel(keras.Model):
+    """A model built by running a dummy batch (`build_for_frames`), never symbolically by fit.
+
+    Shared by PlayablePrototypes and the baselines (amych_tf.baselines).
+    """
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Skip Keras' symbolic build once every layer and the optimizer exist.
+
+        Keras 3.15's TensorFlow trainer otherwise pulls a batch at the start of
+        fit/evaluate under any tf.distribute strategy and all-reduces it to build
+        the model symbolically; under MultiWorkerMirroredStrategy that reduce
+        fails on dict inputs ("Attempt to convert a value ({'log_mel':
+        PerReplica...) to a Tensor"). These models have no compiled loss or
+        metrics and are built by `build_for_frames`, so there is nothing to build.
+        """
+        layers_built = all(layer.built for layer in self._flatten_layers())
+        if layers_built and self._compile_loss is None and self._compile_metrics is None:
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+
+
 @keras.saving.register_keras_serializable(package="amych_tf")
-class PlayablePrototypes(keras.Model):
+class PlayablePrototypes(PrebuiltModel):
     """K playable prototypes with transformation networks.
 
     Inputs: {"log_mel": [B, T, F], "mask": [B, T] (optional)}, or a log-Mel
@@ -359,21 +382,6 @@ class PlayablePrototypes(keras.Model):
     def active_transformations(self) -> tuple[str, ...]:
         gates = np.array(self.transform_gates.numpy())
         return tuple(s for s, g in zip(transforms.STAGES, gates) if g > 0.5)
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        """Skip Keras' symbolic build once every layer and the optimizer exist.
-
-        Keras 3.15's TensorFlow trainer otherwise pulls a batch at the start of
-        fit/evaluate under any tf.distribute strategy and all-reduces it to build
-        the model symbolically; under MultiWorkerMirroredStrategy that reduce
-        fails on dict inputs ("Attempt to convert a value ({'log_mel':
-        PerReplica...) to a Tensor"). This model has no compiled loss or metrics
-        and is built by `build_for_frames`, so there is nothing to build.
-        """
-        layers_built = all(layer.built for layer in self._flatten_layers())
-        if layers_built and self._compile_loss is None and self._compile_metrics is None:
-            return
-        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def build_for_frames(self, num_frames: int | None = None) -> None:
         """Create all weights by running one dummy batch."""

@@ -60,7 +60,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from amych_tf.model import AverageAccuracy, distributed_logs, unpack_features
+from amych_tf.model import AverageAccuracy, PrebuiltModel, distributed_logs, unpack_features
 from amych_tf.spectral import FeatureConfig
 
 POOL = 2  # 2x2 max-pooling, twice: the latent grid is [T/4, F/4]
@@ -285,7 +285,7 @@ class PrototypeSimilarity(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="amych_tf")
-class APNet(keras.Model):
+class APNet(PrebuiltModel):
     """APNet classifier; clusters on its prototype similarities (the baseline of Tables 2 and 3).
 
     Inputs: {"log_mel": [B, T, F], "mask": [B, T] (optional; other keys
@@ -530,13 +530,6 @@ class APNet(keras.Model):
                                      global_clipnorm=GRADIENT_CLIP_NORM)
 
     # -- building and serialisation -----------------------------------------------------
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        """Skip Keras' symbolic build once built (see PlayablePrototypes: it fails under MultiWorkerMirroredStrategy)."""
-        layers_built = all(layer.built for layer in self._flatten_layers())
-        if layers_built and self._compile_loss is None and self._compile_metrics is None:
-            return
-        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def build_for_frames(self, num_frames: int | None = None) -> None:
         """Create all weights by running one dummy batch of `num_frames` (default: the window length)."""

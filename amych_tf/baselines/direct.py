@@ -29,7 +29,7 @@ from typing import Any, Mapping
 import keras
 import tensorflow as tf
 
-from amych_tf.model import distributed_logs, unpack_features
+from amych_tf.model import PrebuiltModel, distributed_logs, unpack_features
 from amych_tf.spectral import FeatureConfig
 
 # Stands in for the activations of padding windows in the max over time: far below any
@@ -68,8 +68,8 @@ def masked_max_over_time(values: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
     return tf.reduce_max(tf.where(mask > 0, values, tf.cast(MASKED_ACTIVATION, values.dtype)), axis=1)
 
 
-class BaselineModel(keras.Model):
-    """What the baselines share: building with a dummy batch, and no symbolic build in fit."""
+class BaselineModel(PrebuiltModel):
+    """What the direct classifier and the autoencoder share: Adam, building with a dummy batch."""
 
     # Every baseline pools time by 2^n_pools: T (and F) must be multiples of it.
     n_pools: int
@@ -83,14 +83,6 @@ class BaselineModel(keras.Model):
         """Create all weights by running one dummy batch of `num_frames` (default 2^n_pools)."""
         num_frames = num_frames or 2**self.n_pools
         self({"log_mel": tf.zeros([1, num_frames, self.feature_config.n_mels])}, training=False)
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        """Skip Keras' symbolic build once every layer exists (see PlayablePrototypes:
-        under MultiWorkerMirroredStrategy it all-reduces a dict batch and fails)."""
-        layers_built = all(layer.built for layer in self._flatten_layers())
-        if layers_built and self._compile_loss is None and self._compile_metrics is None:
-            return
-        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
 
 def batch_norm(name: str) -> keras.layers.BatchNormalization:
