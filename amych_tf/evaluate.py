@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import weakref
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -89,6 +90,27 @@ def load_model(model_dir: str, checkpoint: str | None = None):
     return model, config
 
 
+# One traced function per (model, purpose): report and compare evaluate the same
+# model once per checkpoint, and a fresh tf.function each time would retrace.
+_TRACED = weakref.WeakKeyDictionary()
+
+
+def traced(model, name: str, function):
+    """`function(model, features)` as a shape-generic tf.function, traced once per model and name.
+
+    Evaluation batches are padded per batch, so their length varies: reduce_retracing.
+    Variables are read at call time, so loading other weights into the model needs no
+    retrace. The function holds the model weakly, so the cache does not keep it alive.
+    """
+    import tensorflow as tf
+
+    functions = _TRACED.setdefault(model, {})
+    if name not in functions:
+        model_ref = weakref.ref(model)
+        functions[name] = tf.function(lambda features: function(model_ref(), features), reduce_retracing=True)
+    return functions[name]
+
+
 def collect_rec_errors(model, dataset):
     """(rec_errors [N, K], labels [N]) over batches of (features, labels), in dataset order.
 
@@ -96,11 +118,8 @@ def collect_rec_errors(model, dataset):
     MultiWorkerMirroredStrategy predict would shard the data over workers.
     """
     import numpy as np
-    import tensorflow as tf
 
-    # Evaluation batches are padded per batch, so their length varies: trace shape-generic.
-    rec_errors_of = tf.function(lambda features: model(features, training=False)["rec_errors"],
-                                reduce_retracing=True)
+    rec_errors_of = traced(model, "rec_errors", lambda m, features: m(features, training=False)["rec_errors"])
     rec_errors, labels = [], []
     for features, batch_labels in dataset:
         rec_errors.append(rec_errors_of(features).numpy())
@@ -142,14 +161,13 @@ def collect_predictions(model, dataset, clustering: bool = False):
     baseline's class, or its cluster when `clustering`.
     """
     import numpy as np
-    import tensorflow as tf
 
     if is_playable(model):
         rec_errors, labels = collect_rec_errors(model, dataset)
         winners = rec_errors.argmin(1)
         return winners, rec_errors[np.arange(len(winners)), winners], labels
-    predict = model.predict_clusters if clustering else model.predict_classes
-    predict = tf.function(predict, reduce_retracing=True)
+    name = "predict_clusters" if clustering else "predict_classes"
+    predict = traced(model, name, lambda m, features: getattr(m, name)(features))
     winners, labels = [], []
     for features, batch_labels in dataset:
         winners.append(predict(features).numpy())
