@@ -326,18 +326,33 @@ class PlayablePrototypes(PrebuiltModel):
         self.loss_tracker.update_state(per_example)
         self.rec_tracker.update_state(rec)
         self.assignment_counts.update_state(winners)
-        logs = {"loss": self.loss_tracker.result(), "rec": self.rec_tracker.result()}
         if self.mode == "supervised":
             self.ce_tracker.update_state(ce)
             self.accuracy_tracker.update_state(tf.cast(tf.equal(winners, labels), tf.float32))
             self.average_accuracy.update_state(labels, winners)
+        return distributed_logs(self.get_metrics_result())
+
+    def get_metrics_result(self):
+        """What the step logs: loss, rec, (supervised) ce, accuracy, average_accuracy, and beta.
+
+        Keras reads the epoch's logs from this method only when its names equal the
+        step's logs; otherwise it keeps the last step's logs, which under a
+        distribution strategy are each replica's own result averaged over
+        replicas: not the metric over all examples when replicas saw different
+        numbers of them (an evaluation split that does not divide evenly), and
+        never for the average accuracy. Outside the step the metric variables
+        read as their sum over replicas, so these are the global results.
+        The assignment counts (a vector) stay out of the logs.
+        """
+        logs = {"loss": self.loss_tracker.result(), "rec": self.rec_tracker.result()}
+        if self.mode == "supervised":
             logs.update(
                 ce=self.ce_tracker.result(),
                 accuracy=self.accuracy_tracker.result(),
                 average_accuracy=self.average_accuracy.result(),
             )
         logs["beta"] = self.beta
-        return distributed_logs(logs)
+        return logs
 
     def train_step(self, data):
         features, labels = data

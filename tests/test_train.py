@@ -220,10 +220,10 @@ def one_step(devices):
     before = weights()
     dataset = tf.data.Dataset.from_tensor_slices(({"log_mel": log_mel}, labels)).batch(8)
     model.fit(dataset, epochs=1, verbose=0, shuffle=False)
-    return before, weights(), strategy.num_replicas_in_sync
+    return before, weights(), strategy.num_replicas_in_sync, model
 
-before_1, after_1, n1 = one_step(["/cpu:0"])
-before_2, after_2, n2 = one_step(["/cpu:0", "/cpu:1"])
+before_1, after_1, n1, _ = one_step(["/cpu:0"])
+before_2, after_2, n2, model = one_step(["/cpu:0", "/cpu:1"])
 assert (n1, n2) == (1, 2), (n1, n2)
 for b1, b2 in zip(before_1, before_2):
     np.testing.assert_array_equal(b1, b2)
@@ -239,6 +239,18 @@ print("relative difference of the updates", relative)
 assert relative < 1e-3, relative
 changed = sum(np.abs(a - b).max() > 0 for a, b in zip(after_1, before_1))
 assert changed > 20, changed
+
+# Logged metrics are over all examples, not averaged per replica: 11 clips split 6 + 5.
+odd = (0.3 + 0.2 * rng.random((11, 32, 32))).astype(np.float32)
+odd_labels = (np.arange(11) % 4).astype(np.int32)
+logs = model.evaluate(tf.data.Dataset.from_tensor_slices(({"log_mel": odd}, odd_labels)).batch(11),
+                      verbose=0, return_dict=True)
+winners = model({"log_mel": odd}, training=False)["rec_errors"].numpy().argmin(1)
+hits = winners == odd_labels
+per_class = [hits[odd_labels == c].mean() for c in range(4)]
+print("logged", logs["accuracy"], logs["average_accuracy"], "expected", hits.mean(), np.mean(per_class))
+np.testing.assert_allclose(logs["accuracy"], hits.mean(), rtol=1e-6)
+np.testing.assert_allclose(logs["average_accuracy"], np.mean(per_class), rtol=1e-6)
 """
 
 
