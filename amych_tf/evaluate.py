@@ -107,7 +107,13 @@ def traced(model, name: str, function):
     functions = _TRACED.setdefault(model, {})
     if name not in functions:
         model_ref = weakref.ref(model)
-        functions[name] = tf.function(lambda features: function(model_ref(), features), reduce_retracing=True)
+
+        def call(features):
+            return function(model_ref(), features)
+
+        # No AutoGraph: the models branch on nothing but Python values (and it cannot
+        # parse the source of these nested functions anyway).
+        functions[name] = tf.function(call, reduce_retracing=True, autograph=False)
     return functions[name]
 
 
