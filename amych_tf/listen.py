@@ -17,6 +17,14 @@ with the inverse front end, `amych_tf.spectral.inverse_log_mel`):
   class_average_vs_prototype.png  each prototype over the mean spectrum of its class on the
                                   train split of --data_dir (default: the run's dataset, skipped
                                   with a note if it is not there) (Figure 4)
+APNet runs (`--model=apnet`) write their M latent prototypes decoded to
+spectrograms (the APNet paper's section 5.1: each decoded with the pooling
+masks of its nearest training window, from the train split of --data_dir):
+  prototypes/<j>-<class>.wav      every decoded prototype, named by the class its
+                                  dense-layer weights favour
+  prototype_gallery.png           the decoded spectrograms
+(--inputs are for our model only: APNet does not reconstruct an input from a
+prototype.) The other baselines have no prototypes: an error says so.
 Inputs are read like data_tools.prepare reads them (mono, resampled, tiled to
 at least 16 frames) and padded by tiling to a multiple of 16 frames.
 Unsupervised prototypes are compared with the class they are mapped to (the
@@ -100,6 +108,25 @@ def listen_to_prototypes(model, out_dir: str, seconds: float = 1.0, n_iter: int 
         paths.append(path)
     with open(os.path.join(out_dir, "prototype_gallery.png"), "wb") as f:
         f.write(plots.figure_to_png(plots.prototype_gallery(prototypes, names)))
+    return paths
+
+
+def listen_to_apnet_prototypes(model, data_dir: str, out_dir: str, batch_size: int = 32, n_iter: int = 64) -> list[str]:
+    """APNet's latent prototypes decoded (nearest train-split window's masks) as WAVs and a gallery."""
+    from amych_tf import data, plots
+
+    info = data.load_dataset_info(data_dir, expected_features=model.feature_config)
+    spectrograms = model.decode_prototypes(
+        data.evaluation_dataset(data_dir, "train", batch_size=batch_size, info=info), batch_size=batch_size)
+    class_names = model.class_names or [str(k) for k in range(model.num_classes)]
+    names = [f"{j}-{class_names[k]}" for j, k in enumerate(model.prototype_classes())]
+    os.makedirs(os.path.join(out_dir, "prototypes"), exist_ok=True)
+    paths = []
+    for name, audio in zip(names, to_audio(spectrograms, model.feature_config, n_iter)):
+        paths.append(os.path.join(out_dir, "prototypes", f"{safe_name(name)}.wav"))
+        write_wav(paths[-1], audio, model.feature_config.sample_rate)
+    with open(os.path.join(out_dir, "prototype_gallery.png"), "wb") as f:
+        f.write(plots.figure_to_png(plots.spectrogram_gallery(spectrograms, names)))
     return paths
 
 
@@ -240,8 +267,19 @@ def main(argv):
         if not FLAGS.model_dir or not FLAGS.out_dir:
             raise evaluate.EvaluationError("--model_dir and --out_dir are required")
         model, config = evaluate.load_model(FLAGS.model_dir, FLAGS.checkpoint)
-        listen_to_prototypes(model, FLAGS.out_dir, FLAGS.seconds, FLAGS.griffin_lim_iters)
         data_dir = FLAGS.data_dir or config["dataset"]["data_dir"]
+        if hasattr(model, "decode_prototypes"):
+            if FLAGS.inputs:
+                raise evaluate.EvaluationError("--inputs: APNet does not reconstruct inputs from its prototypes")
+            if not os.path.isfile(os.path.join(data_dir, "dataset_info.json")):
+                raise evaluate.EvaluationError(f"no dataset at {data_dir!r}: APNet decodes its prototypes with the "
+                                               "masks of training windows (give --data_dir)")
+            listen_to_apnet_prototypes(model, data_dir, FLAGS.out_dir, FLAGS.eval_batch_size, FLAGS.griffin_lim_iters)
+            print(f"prototypes -> {os.path.join(FLAGS.out_dir, 'prototypes')}")
+            return
+        if not evaluate.is_playable(model):
+            raise evaluate.EvaluationError(f"{type(model).__name__} has no prototypes to listen to")
+        listen_to_prototypes(model, FLAGS.out_dir, FLAGS.seconds, FLAGS.griffin_lim_iters)
         if os.path.isfile(os.path.join(data_dir, "dataset_info.json")):
             print(f"class averages -> {listen_to_class_averages(model, data_dir, FLAGS.out_dir, FLAGS.eval_batch_size)}")
         else:

@@ -43,6 +43,25 @@ def prototype_gallery(prototypes, names=None, columns=8):
     return figure
 
 
+def spectrogram_gallery(spectrograms, names=None, columns=10):
+    """Spectrograms [N, frames, mels] as images, titled by `names` (APNet's decoded prototypes)."""
+    spectrograms = np.asarray(spectrograms)
+    rows = -(-len(spectrograms) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.5 * rows), squeeze=False)
+    for j, axis in enumerate(axes.flat):
+        axis.set_xticks([])
+        axis.set_yticks([])
+        if j >= len(spectrograms):
+            axis.axis("off")
+            continue
+        axis.imshow(spectrograms[j].T, origin="lower", aspect="auto", vmin=SPECTROGRAM_RANGE[0],
+                    vmax=SPECTROGRAM_RANGE[1])
+        axis.set_title(names[j] if names else f"prototype {j}", fontsize=6)
+    figure.supylabel("mel bin", fontsize=8)
+    figure.supxlabel("frame", fontsize=8)
+    return figure
+
+
 def class_average_vs_prototype(class_means, prototypes, names, columns=8):
     """Each prototype [F] over the mean log-Mel spectrum [F] of its class (the paper's Figure 4)."""
     prototypes, class_means = np.asarray(prototypes), np.asarray(class_means)

@@ -1,5 +1,7 @@
 """APNet baseline: its formulas against NumPy, pooling masks, training, windows, clusters, serialisation."""
 
+import json
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -313,3 +315,57 @@ def test_decode_prototypes_uses_the_masks_of_the_nearest_example():
     np.testing.assert_array_equal(nearest, order)
     reconstruction = model(examples, return_details=True)["reconstruction"].numpy()
     np.testing.assert_allclose(spectra, 0.5 * (reconstruction[order] + 1.0), rtol=1e-5, atol=1e-6)
+
+
+def test_decode_prototypes_reads_a_split_batch_by_batch(tmp_path):
+    # Clips of several lengths, in evaluation batches (padded per batch, masked): the same
+    # spectra and nearest clips as the whole split in one padded array.
+    lengths = {"train": [20, 32, 40, 24, 64, 36, 32], "validation": [], "test": []}
+    info = make_prepared_dir(tmp_path / "data", lengths, num_mels=FEATURES.n_mels, spectrogram=class_band_log_mel)
+    split = data.evaluation_dataset(str(tmp_path / "data"), "train", batch_size=3, info=info)
+    model = tiny_model()
+    spectra, nearest = model.decode_prototypes(split, return_nearest=True)
+
+    clips = [class_band_log_mel(i, n, FEATURES.n_mels) for i, n in enumerate(lengths["train"])]
+    padded = np.stack([np.resize(c, (64, FEATURES.n_mels)) for c in clips])
+    mask = (np.arange(64)[None] < np.array(lengths["train"])[:, None]).astype(np.float32)
+    expected, expected_nearest = model.decode_prototypes({"log_mel": padded, "mask": mask}, return_nearest=True)
+    np.testing.assert_array_equal(nearest, expected_nearest)
+    np.testing.assert_allclose(spectra, expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="at least one example"):
+        model.decode_prototypes(split.take(0))
+
+
+def test_listen_writes_apnet_prototypes_named_by_their_class(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import soundfile
+
+    info = make_prepared_dir(tmp_path / "data", {"train": [32, 40, 48], "validation": [], "test": []},
+                             num_mels=FEATURES.n_mels, spectrogram=class_band_log_mel)
+    model = tiny_model()
+    kernel = np.zeros((LATENT_PROTOTYPES, NUM_CLASSES), np.float32)
+    kernel[np.arange(LATENT_PROTOTYPES), [2, 0, 1, 1, 0, 2]] = 1.0
+    model.classifier.kernel.assign(kernel)
+    np.testing.assert_array_equal(model.prototype_classes(), [2, 0, 1, 1, 0, 2])
+    model_dir = tmp_path / "run"
+    os.makedirs(model_dir / "checkpoints")
+    model.save_weights(str(model_dir / "checkpoints" / "latest.weights.h5"))
+    (model_dir / "config.json").write_text(json.dumps(
+        {"model_name": "apnet", "model": model.get_config(), "dataset": {"data_dir": str(tmp_path / "data")}}))
+
+    command = [sys.executable, "-m", "amych_tf.listen", f"--model_dir={model_dir}", f"--out_dir={tmp_path / 'out'}",
+               "--griffin_lim_iters=4"]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    names = sorted(os.listdir(tmp_path / "out" / "prototypes"))
+    assert names == sorted(f"{j}-{'abc'[k]}.wav" for j, k in enumerate([2, 0, 1, 1, 0, 2]))
+    audio, rate = soundfile.read(str(tmp_path / "out" / "prototypes" / names[0]))
+    assert rate == info.features.sample_rate and len(audio) >= FEATURES.num_samples(FRAMES) - FEATURES.n_fft
+    assert np.all(np.isfinite(audio)) and np.abs(audio).max() > 0.1
+    assert os.path.getsize(tmp_path / "out" / "prototype_gallery.png") > 1000
+
+    refused = subprocess.run(command + [f"--inputs={tmp_path / 'x.wav'}"], capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "APNet does not reconstruct" in refused.stderr

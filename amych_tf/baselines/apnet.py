@@ -413,26 +413,28 @@ class APNet(PrebuiltModel):
 
     # -- prototypes as spectrograms (the paper's section 5.1.2) -------------------------
 
-    def decode_prototypes(self, log_mel_examples, *, batch_size: int = 32, return_nearest: bool = False):
+    def decode_prototypes(self, examples, *, batch_size: int = 32, return_nearest: bool = False):
         """Each latent prototype decoded with the pooling masks of its nearest example window.
 
-        log_mel_examples: training examples, a log-Mel array [N, T, F] (any T;
-        windowed as in evaluation) or a features dict with "log_mel" and
-        "mask". The nearest window to prototype j is argmin over all windows
-        of D_ij; the decoder then runs on p_j with that window's masks.
+        examples: training examples, a log-Mel array [N, T, F] (any T; windowed
+        as in evaluation), a features dict with "log_mel" and "mask", or a
+        tf.data.Dataset of such batches or of (features, labels) batches (an
+        evaluation split: clips of any length, read batch by batch). The nearest
+        window to prototype j is argmin over all windows of D_ij; the decoder
+        then runs on p_j with that window's masks.
 
         Returns the spectrograms [M, num_frames, F] float32 on the log-Mel
         scale [0, 1] (the decoder's tanh output mapped back), and with
         `return_nearest` also the index [M] of the example holding each
-        nearest window.
+        nearest window (in the order the examples come).
         """
-        log_mel, mask = unpack_features(log_mel_examples)
         best_distance = np.full([self.num_prototypes_latent], np.inf)
         best_window = np.zeros([self.num_prototypes_latent, self.num_frames, self.feature_config.n_mels], np.float32)
         nearest_example = np.zeros([self.num_prototypes_latent], np.int64)
         prototypes = tf.convert_to_tensor(self.prototype_layer.prototypes)
-        for start in range(0, int(log_mel.shape[0]), batch_size):
-            windows, valid = self.split_windows(log_mel[start:start + batch_size], mask[start:start + batch_size])
+        start = 0
+        for log_mel, mask in _example_batches(examples, batch_size):
+            windows, valid = self.split_windows(log_mel, mask)
             latent, _ = self.encoder(to_signed(windows))
             distances = mean_distances(prototype_distances(latent, prototypes)).numpy()  # [windows, M]
             distances[np.asarray(valid).reshape(-1) == 0] = np.inf
@@ -441,13 +443,24 @@ class APNet(PrebuiltModel):
             best_distance[closer] = distances[closest[closer], np.flatnonzero(closer)]
             best_window[closer] = windows.numpy()[closest[closer]]
             nearest_example[closer] = start + closest[closer] // int(valid.shape[1])
+            start += int(log_mel.shape[0])
+        if not start:
+            raise ValueError("decode_prototypes needs at least one example")
         spectra = []
-        for start in range(0, self.num_prototypes_latent, batch_size):
+        for first in range(0, self.num_prototypes_latent, batch_size):
             # Chunks bound the masks' memory: mask1 alone is 4 MB per prototype at SOL.
-            _, pooling_masks = self.encoder(to_signed(tf.constant(best_window[start:start + batch_size])))
-            spectra.append(from_signed(self.decoder(prototypes[start:start + batch_size], pooling_masks)).numpy())
+            _, pooling_masks = self.encoder(to_signed(tf.constant(best_window[first:first + batch_size])))
+            spectra.append(from_signed(self.decoder(prototypes[first:first + batch_size], pooling_masks)).numpy())
         spectra = np.concatenate(spectra).astype(np.float32)
         return (spectra, nearest_example) if return_nearest else spectra
+
+    def prototype_classes(self) -> np.ndarray:
+        """The class each latent prototype votes for most, argmax_k W[j, k]: int [M].
+
+        The APNet paper reads its bias-free dense layer this way: a class's
+        prototypes are those with the largest weights into it.
+        """
+        return np.asarray(self.classifier.kernel).argmax(axis=1)
 
     # -- training -----------------------------------------------------------------------
 
@@ -551,3 +564,14 @@ class APNet(PrebuiltModel):
             "beta": self.beta,
             "gamma": self.gamma,
         }
+
+
+def _example_batches(examples, batch_size: int):
+    """(log_mel [B, T, F], mask [B, T]) batches of decode_prototypes' `examples`."""
+    if isinstance(examples, tf.data.Dataset):
+        for batch in examples:
+            yield unpack_features(batch[0] if isinstance(batch, tuple) else batch)
+        return
+    log_mel, mask = unpack_features(examples)
+    for start in range(0, int(log_mel.shape[0]), batch_size):
+        yield log_mel[start:start + batch_size], mask[start:start + batch_size]
