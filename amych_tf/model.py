@@ -169,7 +169,6 @@ class PrebuiltModel(keras.Model):
         super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
 
-
 @keras.saving.register_keras_serializable(package="amych_tf")
 class PlayablePrototypes(PrebuiltModel):
     """K playable prototypes with transformation networks.

@@ -25,15 +25,24 @@ def figure_to_png(figure) -> bytes:
     return buffer.getvalue()
 
 
+def panel_grid(count, columns, panel_size, **subplots_kwargs):
+    """(figure, the first `count` axes) of a grid of `columns` panels per row; the rest hidden.
+
+    panel_size: (width, height) of one panel in inches.
+    """
+    rows = -(-count // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(panel_size[0] * columns, panel_size[1] * rows),
+                                squeeze=False, **subplots_kwargs)
+    for axis in axes.flat[count:]:
+        axis.axis("off")
+    return figure, list(axes.flat[:count])
+
+
 def prototype_gallery(prototypes, names=None, columns=8):
     """Every prototype P_k [F] as a spectrum curve, titled by its class (the paper's Figure 1)."""
     prototypes = np.asarray(prototypes)
-    rows = -(-len(prototypes) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(2.0 * columns, 1.6 * rows), squeeze=False, sharey=True)
-    for k, axis in enumerate(axes.flat):
-        if k >= len(prototypes):
-            axis.axis("off")
-            continue
+    figure, axes = panel_grid(len(prototypes), columns, (2.0, 1.6), sharey=True)
+    for k, axis in enumerate(axes):
         axis.plot(prototypes[k], np.arange(prototypes.shape[1]), color="tab:blue")
         axis.set_title(names[k] if names else f"prototype {k}", fontsize=7)
         axis.set_xlim(*SPECTROGRAM_RANGE)
@@ -46,14 +55,10 @@ def prototype_gallery(prototypes, names=None, columns=8):
 def spectrogram_gallery(spectrograms, names=None, columns=10):
     """Spectrograms [N, frames, mels] as images, titled by `names` (APNet's decoded prototypes)."""
     spectrograms = np.asarray(spectrograms)
-    rows = -(-len(spectrograms) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.5 * rows), squeeze=False)
-    for j, axis in enumerate(axes.flat):
+    figure, axes = panel_grid(len(spectrograms), columns, (1.6, 1.5))
+    for j, axis in enumerate(axes):
         axis.set_xticks([])
         axis.set_yticks([])
-        if j >= len(spectrograms):
-            axis.axis("off")
-            continue
         axis.imshow(spectrograms[j].T, origin="lower", aspect="auto", vmin=SPECTROGRAM_RANGE[0],
                     vmax=SPECTROGRAM_RANGE[1])
         axis.set_title(names[j] if names else f"prototype {j}", fontsize=6)
@@ -65,20 +70,16 @@ def spectrogram_gallery(spectrograms, names=None, columns=10):
 def class_average_vs_prototype(class_means, prototypes, names, columns=8):
     """Each prototype [F] over the mean log-Mel spectrum [F] of its class (the paper's Figure 4)."""
     prototypes, class_means = np.asarray(prototypes), np.asarray(class_means)
-    rows = -(-len(prototypes) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(2.0 * columns, 1.6 * rows), squeeze=False, sharey=True)
+    figure, axes = panel_grid(len(prototypes), columns, (2.0, 1.6), sharey=True)
     bins = np.arange(prototypes.shape[1])
-    for k, axis in enumerate(axes.flat):
-        if k >= len(prototypes):
-            axis.axis("off")
-            continue
+    for k, axis in enumerate(axes):
         if np.all(np.isfinite(class_means[k])):
             axis.plot(class_means[k], bins, color="0.6", label="class average")
         axis.plot(prototypes[k], bins, color="tab:blue", label="prototype")
         axis.set_title(names[k], fontsize=7)
         axis.set_xlim(*SPECTROGRAM_RANGE)
         axis.tick_params(labelsize=6)
-    axes.flat[0].legend(fontsize=6, loc="lower right")
+    axes[0].legend(fontsize=6, loc="lower right")
     figure.supylabel("mel bin", fontsize=8)
     figure.supxlabel("log-Mel level", fontsize=8)
     return figure
@@ -156,19 +157,15 @@ def reconstruction_grid(log_mel, reconstructions, errors, names, winner):
     log_mel [T, F]; reconstructions [K, T, F]; errors [K]; the winner's title is marked.
     """
     count = len(reconstructions) + 1
-    columns = min(count, 6)
-    rows = -(-count // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.0 * rows), squeeze=False)
+    figure, axes = panel_grid(count, min(count, 6), (2.2, 2.0))
     images = [(np.asarray(log_mel), "input")] + [
         (np.asarray(r), f"{'* ' if k == winner else ''}{names[k]}: {errors[k]:.4f}")
         for k, r in enumerate(reconstructions)]
-    for axis, (image, title) in zip(axes.flat, images):
+    for axis, (image, title) in zip(axes, images):
         axis.imshow(image.T, origin="lower", aspect="auto", vmin=SPECTROGRAM_RANGE[0], vmax=SPECTROGRAM_RANGE[1])
         axis.set_title(title, fontsize=7)
         axis.set_xticks([])
         axis.set_yticks([])
-    for axis in list(axes.flat)[len(images):]:
-        axis.axis("off")
     return figure
 
 
