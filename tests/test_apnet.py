@@ -1,6 +1,9 @@
 """APNet baseline: its formulas against NumPy, pooling masks, training, windows, clusters, serialisation."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -337,10 +340,6 @@ def test_decode_prototypes_reads_a_split_batch_by_batch(tmp_path):
 
 
 def test_listen_writes_apnet_prototypes_named_by_their_class(tmp_path):
-    import os
-    import subprocess
-    import sys
-
     import soundfile
 
     info = make_prepared_dir(tmp_path / "data", {"train": [32, 40, 48], "validation": [], "test": []},
