@@ -51,6 +51,16 @@ class Curriculum(keras.callbacks.Callback):
       checkpoint_dir: where to save the weights at the end of every stage
         (`stage-<i>-<name>.weights.h5`), or None.
       min_delta: an improvement smaller than this does not count.
+      blur_bins: coarse-to-fine training. Until the pitch stage the loss
+        compares input and prototypes blurred over mel bins by a Gaussian of
+        this width (`PlayablePrototypes.spectral_blur`); after the pitch stage's
+        warm-up the width falls linearly to 0 over `blur_anneal_steps` batches,
+        and stays 0. The pitch shift first learns to align spectral envelopes,
+        which give it a smooth loss, then harmonic lines, while the prototypes
+        keep the lines of the clips they start from (their fine structure gets
+        no gradient while it is blurred away). 0 (the paper's training) = off.
+        Patience does not count during the annealing either.
+      blur_anneal_steps: batches over which the blur falls to 0.
       prototypes_from: the stage from which the prototypes learn ("raw", the
         paper's, by default). Before it they keep their initial values (real
         clips, `amych_tf.initialization`), which stops the raw and gain stages
@@ -59,8 +69,10 @@ class Curriculum(keras.callbacks.Callback):
     """
 
     def __init__(self, mode, learning_rate, patience=10, warmup_steps=2000, stop_stage=None,
-                 checkpoint_dir=None, min_delta=0.0, prototypes_from="raw"):
+                 checkpoint_dir=None, min_delta=0.0, prototypes_from="raw", blur_bins=0.0, blur_anneal_steps=0):
         super().__init__()
+        self.blur_bins = float(blur_bins)
+        self.blur_anneal_steps = int(blur_anneal_steps) if blur_bins > 0 else 0
         self.stages = curriculum_stages(mode)
         for name, stage in (("stop_stage", stop_stage), ("prototypes_from", prototypes_from)):
             if stage is not None and stage not in self.stages:
@@ -105,6 +117,17 @@ class Curriculum(keras.callbacks.Callback):
         decay = 0.1 if self._reached("lr_decay", index) else 1.0
         optimizer.learning_rate.assign(self.learning_rate * decay)
         self._apply_warmup(index, warmup_step)
+        self.model.spectral_blur.assign(self._blur(index, warmup_step))
+
+    def _blur(self, index: int, warmup_step: float) -> float:
+        """The loss's blur width (mel bins) at batch `warmup_step` of stage `index` (see blur_bins)."""
+        pitch = self.stages.index("pitch")
+        if index < pitch:
+            return self.blur_bins
+        if index > pitch or not self.blur_anneal_steps:
+            return 0.0
+        progress = max(0.0, warmup_step - self.warmup_steps) / self.blur_anneal_steps
+        return self.blur_bins * max(0.0, 1.0 - progress)
 
     def _apply_warmup(self, index: int, warmup_step: float) -> None:
         """Scale the new decoder's and the encoder's learning rate during the warm-up of stage `index`."""
@@ -124,8 +147,10 @@ class Curriculum(keras.callbacks.Callback):
         self._apply_stage(int(state[STAGE]), state[WARMUP])
 
     def _warming_up(self, state) -> bool:
-        """True while the current stage's warm-up has batches left."""
-        return state[WARMUP] < self.warmup_steps and self.stages[int(state[STAGE])] in DECODER_OF_STAGE
+        """True while the current stage's warm-up (and, in the pitch stage, the blur annealing) has batches left."""
+        stage = self.stages[int(state[STAGE])]
+        length = self.warmup_steps + (self.blur_anneal_steps if stage == "pitch" else 0)
+        return state[WARMUP] < length and stage in DECODER_OF_STAGE
 
     def on_train_batch_begin(self, batch, logs=None):
         state = self._state()
@@ -133,6 +158,8 @@ class Curriculum(keras.callbacks.Callback):
             state[WARMUP] += 1
             self._set_state(state)
             self._apply_warmup(int(state[STAGE]), state[WARMUP])
+            if self.stages[int(state[STAGE])] == "pitch" and self.blur_anneal_steps:
+                self.model.spectral_blur.assign(self._blur(int(state[STAGE]), state[WARMUP]))
 
     def on_epoch_end(self, epoch, logs=None):
         loss = float((logs or {}).get("loss", math.nan))

@@ -236,6 +236,10 @@ class PlayablePrototypes(PrebuiltModel):
         )
         # [stage index, epochs without improvement, best loss, warm-up step] of the
         # curriculum (amych_tf.callbacks.Curriculum); a weight so checkpoints carry it.
+        # Coarse-to-fine training: the Gaussian width (mel bins) by which training
+        # blurs inputs and prototypes in the loss; the curriculum anneals it to 0.
+        self.spectral_blur = self.add_weight(
+            name="spectral_blur", shape=(), initializer="zeros", trainable=False)
         self.curriculum_state = self.add_weight(
             name="curriculum_state", shape=(4,), trainable=False,
             initializer=keras.initializers.Constant([0.0, 0.0, np.inf, 0.0]),
@@ -291,9 +295,13 @@ class PlayablePrototypes(PrebuiltModel):
         return {**parameters, "gain": gain, "pitch_ratio": pitch_ratio, "low_slope": low_slope,
                 "high_slope": high_slope}
 
-    def shifted_prototypes(self, pitch_ratio: tf.Tensor) -> tf.Tensor:
-        """Eq. 2 for every prototype through the table of `amych_tf.reconstruction`: [B, T, K] -> [B, T, K, F]."""
-        table = reconstruction.pitch_table(tf.convert_to_tensor(self.prototypes), self.mel_values)
+    def shifted_prototypes(self, pitch_ratio: tf.Tensor, prototypes: tf.Tensor | None = None) -> tf.Tensor:
+        """Eq. 2 for every prototype through the table of `amych_tf.reconstruction`: [B, T, K] -> [B, T, K, F].
+
+        `prototypes` [K, F]: what to shift instead of the model's own (the blurred ones in training).
+        """
+        prototypes = tf.convert_to_tensor(self.prototypes) if prototypes is None else prototypes
+        table = reconstruction.pitch_table(prototypes, self.mel_values)
         return reconstruction.table_pitch_shift(table, pitch_ratio)
 
     def reconstruct(self, parameters: Mapping[str, tf.Tensor]) -> tf.Tensor:
@@ -302,11 +310,24 @@ class PlayablePrototypes(PrebuiltModel):
             self.shifted_prototypes(parameters["pitch_ratio"]), *_additive(parameters))
 
     def _rec_errors_and_parameters(self, inputs, training):
-        """L_rec(x, k) [B, K] (eq. 6) and the gated parameters, each [B, T, K]."""
+        """L_rec(x, k) [B, K] (eq. 6) and the gated parameters, each [B, T, K].
+
+        In training (training=True) the loss compares the input and the prototypes
+        blurred over mel bins by `spectral_blur` (a Gaussian of that many bins, none
+        at 0): the coarse-to-fine schedule of `amych_tf.callbacks.Curriculum`.
+        Blurring both before the transformations approximates blurring the
+        reconstruction (gain and filters are smooth in frequency, the pitch shift
+        a smooth warp) at the cost of [K, F] instead of [B, T, K, F]. The encoder
+        always sees the input itself. Inference never blurs.
+        """
         log_mel, mask = unpack_features(inputs)
         parameters = self.gated_parameters(self.transformation_parameters(log_mel, training=training))
+        target, prototypes = log_mel, tf.convert_to_tensor(self.prototypes)
+        if training:
+            blur = reconstruction.spectral_blur_matrix(self.spectral_blur, self.feature_config.n_mels)
+            target, prototypes = tf.matmul(log_mel, blur), tf.matmul(prototypes, blur)
         per_frame = reconstruction.frame_errors(
-            log_mel, self.shifted_prototypes(parameters["pitch_ratio"]), *_additive(parameters))
+            target, self.shifted_prototypes(parameters["pitch_ratio"], prototypes), *_additive(parameters))
         return masked_mean_over_time(per_frame, mask), parameters
 
     def call(self, inputs, training=None, return_details=False):

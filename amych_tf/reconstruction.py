@@ -69,6 +69,21 @@ def table_pitch_shift(table: tf.Tensor, pitch_ratio: tf.Tensor, log_range: float
     return (1.0 - weight) * tf.gather(flat, rows) + weight * tf.gather(flat, rows + num_prototypes)
 
 
+def spectral_blur_matrix(sigma: tf.Tensor, num_bins: int) -> tf.Tensor:
+    """[F, F] matrix B with v @ B = v smoothed over mel bins by a Gaussian of `sigma` bins.
+
+    Columns sum to 1 (the Gaussian renormalised where it meets the spectrum's
+    edges), so a constant spectrum, a gain, is left unchanged. sigma <= 1e-3
+    gives the identity: exp(-0.5 / 1e-6) underflows to 0 off the diagonal.
+    Used by the coarse-to-fine schedule of training (`PlayablePrototypes.spectral_blur`).
+    """
+    bins = tf.range(num_bins, dtype=tf.float32)
+    distance = bins[:, tf.newaxis] - bins[tf.newaxis, :]
+    sigma = tf.maximum(tf.cast(sigma, tf.float32), 1e-3)
+    weights = tf.exp(-0.5 * tf.square(distance / sigma))
+    return weights / tf.reduce_sum(weights, axis=0, keepdims=True)
+
+
 def _filter_terms(num_bins, low_cutoff, high_cutoff):
     """Arguments of the smooth hinges of eqs. 3-4, each [..., K, F]."""
     u = tf.constant(np.linspace(0.0, 1.0, num_bins), tf.float32)

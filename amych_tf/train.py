@@ -64,6 +64,10 @@ def define_flags() -> None:
     flags.DEFINE_enum("prototypes_learn_from", "raw", ["raw", "gain", "pitch", "filters", "ce", "lr_decay"],
                       "Curriculum stage from which the prototypes learn; before it they keep their initial values "
                       "(real clips). 'raw' is the paper's; README, 'Hearing fidelity', has the measurements.")
+    flags.DEFINE_float("blur_bins", 0.0, "Coarse-to-fine training: until the pitch stage the loss compares input and "
+                       "prototypes blurred by a Gaussian of this many mel bins, annealed to 0 after the pitch warm-up "
+                       "(amych_tf.callbacks.Curriculum). 0 = the paper's training.", lower_bound=0.0)
+    flags.DEFINE_integer("blur_anneal_steps", 0, "Batches over which --blur_bins falls to 0.", lower_bound=0)
     flags.DEFINE_enum("curriculum_stop", None, ["raw", "gain", "pitch", "filters", "ce", "lr_decay"],
                       "Stop training when this curriculum stage plateaus (Table 1 rows). Default: all stages.")
     if "seed" not in FLAGS:  # data_tools.prepare defines it too when both are imported (tests)
@@ -257,7 +261,8 @@ def run(info, num_prototypes) -> dict:
     if playable:
         run_callbacks.append(callbacks.Curriculum(
             FLAGS.mode, FLAGS.learning_rate, patience=FLAGS.patience, warmup_steps=FLAGS.warmup_steps,
-            stop_stage=FLAGS.curriculum_stop, checkpoint_dir=checkpoints, prototypes_from=FLAGS.prototypes_learn_from))
+            stop_stage=FLAGS.curriculum_stop, checkpoint_dir=checkpoints, prototypes_from=FLAGS.prototypes_learn_from,
+            blur_bins=FLAGS.blur_bins, blur_anneal_steps=FLAGS.blur_anneal_steps))
         if FLAGS.mode == "unsupervised":
             run_callbacks.append(callbacks.Reassignment(seed=FLAGS.seed))
     else:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from data_tools import make_demo, synth
+from data_tools import layouts, make_demo, synth
 
 CLIPS_PER_CLASS = 4
 SAMPLE_RATE = 16000
@@ -117,6 +117,8 @@ def test_pitches_within_the_instrument_ranges(demo):
         for path in wav_paths(demo, instrument)[:2]:
             note = NAME_PATTERN.match(os.path.basename(path))["note"]
             assert instrument.lowest_note <= midi_of(note) <= instrument.highest_note
+            # the note data preparation reads (and pitch tracking is measured against)
+            assert layouts.midi_note_from_filename(path) == midi_of(note)
             audio, _ = sf.read(path, dtype="float32")
             cents = 1200.0 * np.log2(yin_f0(audio) / synth.midi_to_hz(midi_of(note)))
             assert abs(cents) <= synth.MAX_DETUNE_CENTS + 10.0, (path, cents)

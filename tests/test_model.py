@@ -261,3 +261,56 @@ def test_initial_sample_is_uniform_over_a_class_sorted_split():
     points = np.repeat(np.arange(33.0), 500)[:, None] * np.ones((1, 4))
     values = initialization.initial_prototypes(points, np.repeat(np.arange(33), 500), 33, "supervised", noise=0.0)
     np.testing.assert_array_equal(values[:, 0], np.arange(33))  # each class from its own clips
+
+
+def test_spectral_blur_matrix_is_a_renormalised_gaussian():
+    from amych_tf import reconstruction
+
+    num_bins, sigma = 20, 2.5
+    bins = np.arange(num_bins)
+    expected = np.exp(-0.5 * ((bins[:, None] - bins[None, :]) / sigma) ** 2)
+    expected /= expected.sum(0, keepdims=True)
+    blur = reconstruction.spectral_blur_matrix(sigma, num_bins).numpy()
+    np.testing.assert_allclose(blur, expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(np.full(num_bins, 0.7) @ blur, 0.7, rtol=1e-6)  # a gain passes unchanged
+    np.testing.assert_array_equal(reconstruction.spectral_blur_matrix(0.0, num_bins).numpy(), np.eye(num_bins))
+
+
+def test_training_loss_blurs_inputs_and_prototypes_inference_does_not():
+    model = tiny_model()
+    enable_all(model)
+    features, _ = next(iter(tiny_batches()))
+    plain = model(features, training=False)["rec_errors"].numpy()
+    model.spectral_blur.assign(3.0)
+    np.testing.assert_array_equal(model(features, training=False)["rec_errors"], plain)
+    # NumPy: with the transformations at identity (raw stage), L_rec(x, k) = mean over real
+    # frames and bins of (B x - B P_k)^2.
+    model.set_active_transformations(())
+    blurred = model(features, training=True)["rec_errors"].numpy()
+    bins = np.arange(TINY.n_mels)
+    gaussian = np.exp(-0.5 * ((bins[:, None] - bins[None, :]) / 3.0) ** 2)
+    gaussian /= gaussian.sum(0, keepdims=True)
+    x, mask = features["log_mel"].numpy() @ gaussian, features["mask"].numpy()
+    prototypes = model.prototypes.numpy() @ gaussian
+    per_frame = np.mean((x[:, :, None, :] - prototypes[None, None]) ** 2, axis=-1)
+    expected = (per_frame * mask[..., None]).sum(1) / mask.sum(1)[:, None]
+    np.testing.assert_allclose(blurred, expected, rtol=1e-4)
+
+
+def test_curriculum_anneals_the_blur_after_the_pitch_warm_up():
+    model = tiny_model()
+    curriculum = callbacks.Curriculum("supervised", learning_rate=1e-2, patience=1, warmup_steps=2,
+                                      blur_bins=4.0, blur_anneal_steps=4)
+    curriculum.set_model(model)
+    curriculum.on_epoch_begin(0)
+    widths, stages = [], []
+    for epoch in range(12):  # one batch per epoch, a flat loss
+        curriculum.on_train_batch_begin(0)
+        widths.append(float(model.spectral_blur.numpy()))
+        curriculum.on_epoch_end(epoch, {"loss": 1.0})
+        stages.append(curriculum.stage)
+    # raw: 2 epochs; gain: 1 warm-up epoch, 1 flat one; pitch: 2 warm-up, 4 annealing epochs
+    # that patience does not count, then filters (the blur stays 0 from there on).
+    assert stages[:10] == ["raw", "gain", "gain", "pitch"] + ["pitch"] * 5 + ["filters"]
+    assert widths[:6] == [4.0] * 6  # raw, gain and the pitch warm-up
+    assert widths[6:12] == pytest.approx([3.0, 2.0, 1.0, 0.0, 0.0, 0.0])
