@@ -26,7 +26,7 @@ def test_listen_writes_playable_wavs_and_figures(tmp_path):
     assert [os.path.basename(p) for p in paths] == ["0-a_x.wav", "1-b.wav", "2-c.wav"]
     result = listen.listen_to_input(model, tone_path, out_dir, n_iter=32)
     directory = result["directory"]
-    expected = {"input.wav", "grid.png", "transformations.png", f"winner-{result['winner']}-"
+    expected = {"input.wav", "grid.png", "explanation.png", f"winner-{result['winner']}-"
                 f"{listen.safe_name(model.class_names[result['winner']])}.wav"}
     expected |= {f"prototype-{k}-{listen.safe_name(n)}.wav" for k, n in enumerate(model.class_names)}
     assert set(os.listdir(directory)) == expected
