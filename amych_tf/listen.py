@@ -19,7 +19,8 @@ with the inverse front end, `amych_tf.spectral.inverse_log_mel`):
   <input>/stage-<i>-<name>.wav    those reconstructions
   class_average_vs_prototype.png  each prototype with the mean spectrum of its class on the
                                   train split of --data_dir (default: the run's dataset, skipped
-                                  with a note if it is not there) (Figure 4)
+                                  with a note if it is not there), and with the prototype of the
+                                  stage before the cross-entropy when the run has one (Figure 4)
 Spectrograms are in dB with time in seconds and frequency in Hz, one colour
 scale per figure (amych_tf.plots). An input's class is read from its path
 when a directory of it is named like a class (the SOL layout's <family>/<instrument>).
@@ -157,8 +158,27 @@ def class_means(model, data_dir: str, split: str = "train", batch_size: int = 32
         return sums / counts[:, None], info
 
 
-def listen_to_class_averages(model, data_dir: str, out_dir: str, batch_size: int = 32) -> str:
-    """Figure 4: every prototype over the average spectrum of its class; returns the PNG's path."""
+def prototypes_without_cross_entropy(model_dir: str):
+    """Prototypes [K, F] of the last stage checkpoint before the cross-entropy stage; None when the
+    run has no such stage (unsupervised, or no stage checkpoints)."""
+    from amych_tf import evaluate, report
+
+    checkpoints = report.stage_checkpoints(model_dir)
+    stages = [stage for _, stage, _ in checkpoints]
+    if "ce" not in stages or stages.index("ce") == 0:
+        return None
+    model, _ = evaluate.load_model(model_dir, checkpoints[stages.index("ce") - 1][2])
+    return model.prototypes.numpy()
+
+
+def listen_to_class_averages(model, data_dir: str, out_dir: str, batch_size: int = 32,
+                             model_dir: str | None = None) -> str:
+    """Figure 4: every prototype with the average spectrum of its class; returns the PNG's path.
+
+    With the run's `model_dir`, the prototypes of the stage before the
+    cross-entropy joins them too, as the paper compares prototypes learned
+    without and with it.
+    """
     import numpy as np
 
     from amych_tf import evaluate, plots
@@ -171,9 +191,11 @@ def listen_to_class_averages(model, data_dir: str, out_dir: str, batch_size: int
         names = [f"cluster{k}: {name}" for k, name in enumerate(names)]
     path = os.path.join(out_dir, "class_average_vs_prototype.png")
     os.makedirs(out_dir, exist_ok=True)
+    figure = plots.class_average_vs_prototype(
+        per_prototype, model.prototypes.numpy(), names, model.feature_config,
+        without_cross_entropy=prototypes_without_cross_entropy(model_dir) if model_dir else None)
     with open(path, "wb") as f:
-        f.write(plots.figure_to_png(plots.class_average_vs_prototype(per_prototype, model.prototypes.numpy(), names,
-                                                                     model.feature_config)))
+        f.write(plots.figure_to_png(figure))
     return path
 
 
@@ -307,7 +329,8 @@ def main(argv):
             raise evaluate.EvaluationError(f"{type(model).__name__} has no prototypes to listen to")
         listen_to_prototypes(model, FLAGS.out_dir, FLAGS.seconds, FLAGS.griffin_lim_iters)
         if os.path.isfile(os.path.join(data_dir, "dataset_info.json")):
-            print(f"class averages -> {listen_to_class_averages(model, data_dir, FLAGS.out_dir, FLAGS.eval_batch_size)}")
+            path = listen_to_class_averages(model, data_dir, FLAGS.out_dir, FLAGS.eval_batch_size, FLAGS.model_dir)
+            print(f"class averages -> {path}")
         else:
             print(f"note: no dataset at {data_dir!r}: class_average_vs_prototype.png skipped (give --data_dir)")
         names = prototype_names(model)

@@ -221,7 +221,7 @@ def spectra_grid(curves, names, config, columns=3):
         axis.grid(alpha=0.3)
     label_outer_panels(axes, columns)
     if len(curves) > 1:
-        axes[0].legend(fontsize=8, loc="upper right")
+        figure.legend(*axes[0].get_legend_handles_labels(), loc="outside upper center", ncols=len(curves))
     return figure
 
 
@@ -232,10 +232,17 @@ def prototype_gallery(prototypes, config, names=None, columns=3):
     return spectra_grid([("prototype", "tab:blue", prototypes)], names, config, columns)
 
 
-def class_average_vs_prototype(class_means, prototypes, names, config, columns=3):
-    """Each prototype [F] with the mean log-Mel spectrum [F] of its class (the paper's Figure 4)."""
-    return spectra_grid([("class average", "0.55", np.asarray(class_means)),
-                         ("prototype", "tab:blue", np.asarray(prototypes))], names, config, columns)
+def class_average_vs_prototype(class_means, prototypes, names, config, columns=3, without_cross_entropy=None):
+    """Each prototype [F] with the mean log-Mel spectrum [F] of its class (the paper's Figure 4).
+
+    without_cross_entropy: prototypes [K, F] learned before the cross-entropy
+    joined the loss, drawn too, as the paper's middle column.
+    """
+    curves = [("class average", "0.55", np.asarray(class_means))]
+    if without_cross_entropy is not None:
+        curves.append(("prototype before the cross-entropy stage", "tab:orange", np.asarray(without_cross_entropy)))
+    curves.append(("prototype", "tab:blue", np.asarray(prototypes)))
+    return spectra_grid(curves, names, config, columns)
 
 
 def spectrogram_gallery(spectrograms, config, names=None, columns=4):
