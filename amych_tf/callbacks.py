@@ -335,8 +335,9 @@ class TensorBoardMedia(keras.callbacks.Callback):
     """Images, audio and histograms in TensorBoard every `every_epochs` epochs.
 
     Over `validation` (padded full-clip batches of amych_tf.data.evaluation_dataset):
-      images   prototype gallery; input / reconstruction / error with the winning
-               prototype for the first `num_examples` clips; confusion matrix
+      images   prototype gallery; input / reconstruction / winning prototype with the
+               winner's transformations over time (plots.winner_explanation)
+               for the first `num_examples` clips; confusion matrix
                (true class x winning prototype); assignment histogram;
       audio    every prototype held for `audio_seconds` and rendered through the
                inverse front end (Griffin-Lim), so it can be heard in TensorBoard;
