@@ -12,7 +12,8 @@ with the inverse front end, `amych_tf.spectral.inverse_log_mel`):
   <input>/explanation.png         input | winner's reconstruction | winning prototype, and below
                                   them the winner's gain (dB), pitch shift (semitones) and
                                   filter cut-offs (Hz) and slopes (dB/octave) over time
-  <input>/grid.png                input and every prototype's reconstruction, with L_rec (Figure 6)
+  <input>/grid.png                input and every prototype's reconstruction, with L_rec (Figure 6):
+                                  the winner framed green, the input's class red when it lost
   <input>/stages.png              input, the winner's reconstruction and the winning prototype
                                   after each curriculum stage, from the run's stage checkpoints
                                   (Figure 5)
@@ -291,14 +292,14 @@ def listen_to_input(model, path: str, out_dir: str, n_iter: int = 64) -> dict:
               config.sample_rate)
     for k in range(len(reconstructions)):
         write_wav(os.path.join(directory, f"prototype-{k}-{safe_name(names[k])}.wav"), audio[k], config.sample_rate)
-    title = input_title(path, model.class_names)
+    title, true_class = input_title(path, model.class_names), class_from_path(path, model.class_names)
     parameters = {name: outputs[name].numpy()[0, :frames, winner] for name in plots.PARAMETER_NAMES}
     figures = {
         "explanation.png": plots.winner_explanation(
             log_mel[:frames], reconstructions[winner], model.prototypes.numpy()[winner], parameters, config,
             f"{title}: won by {names[winner]}, L_rec {rec_errors[winner]:.4f}"),
         "grid.png": plots.reconstruction_grid(log_mel[:frames], reconstructions, rec_errors, names, winner, config,
-                                              title),
+                                              title, names.index(true_class) if true_class in names else None),
     }
     for name, figure in figures.items():
         with open(os.path.join(directory, name), "wb") as f:

@@ -40,6 +40,7 @@ COLOURMAP = "magma"
 # The transformation parameters `winner_explanation` draws, as the model names them.
 PARAMETER_NAMES = ("gain", "pitch_ratio", "low_cutoff", "low_slope", "high_cutoff", "high_slope")
 WINNER_COLOUR = "tab:green"
+MISSED_COLOUR = "tab:red"
 
 
 def figure_to_png(figure) -> bytes:
@@ -337,10 +338,12 @@ def stage_reconstructions(log_mel, stages, config, title=""):
     return figure
 
 
-def reconstruction_grid(log_mel, reconstructions, errors, names, winner, config, title=""):
+def reconstruction_grid(log_mel, reconstructions, errors, names, winner, config, title="", true_prototype=None):
     """An input and its reconstruction by every prototype with L_rec (the paper's Figure 6).
 
-    log_mel [T, F]; reconstructions [K, T, F]; errors [K]; the winner gets a green frame.
+    log_mel [T, F]; reconstructions [K, T, F]; errors [K]; the winner gets a
+    green frame, and the prototype of the input's class (`true_prototype`,
+    when known) a red one if it did not win.
     """
     count = len(reconstructions) + 1
     columns = min(count, 3)
@@ -350,9 +353,13 @@ def reconstruction_grid(log_mel, reconstructions, errors, names, winner, config,
     for axis, (image, caption) in zip(axes, images):
         shown = draw_spectrogram(axis, image, config, limits, caption)
     label_outer_panels(axes, columns)
-    for spine in axes[winner + 1].spines.values():
-        spine.set(edgecolor=WINNER_COLOUR, linewidth=4)
-    axes[winner + 1].set_title(axes[winner + 1].get_title() + " (winner)", fontsize=9, color=WINNER_COLOUR)
+    marks = [(winner, WINNER_COLOUR, "winner")]
+    if true_prototype is not None and true_prototype != winner:
+        marks.append((true_prototype, MISSED_COLOUR, "the input's class"))
+    for k, colour, note in marks:
+        for spine in axes[k + 1].spines.values():
+            spine.set(edgecolor=colour, linewidth=4)
+        axes[k + 1].set_title(f"{axes[k + 1].get_title()} ({note})", fontsize=9, color=colour)
     level_colourbar(figure, shown, ax=axes, shrink=0.5, aspect=40)
     figure.suptitle(title, fontsize=11)
     return figure

@@ -81,3 +81,11 @@ def test_class_averages_and_curriculum_stage_figures(tmp_path):
         "stage-0-raw.wav", "stage-1-gain.wav", "stage-2-ce.wav"]
     audio, rate = soundfile.read(os.path.join(directory, "stage-0-raw.wav"))
     assert rate == 16000 and np.all(np.isfinite(audio)) and np.abs(audio).max() > 0.1
+
+
+def test_an_inputs_class_is_read_from_its_directories():
+    names = ["Synth/Bowed", "Synth/Brass", "a"]
+    assert listen.class_from_path("/audio/Synth/Brass/ordinario/Brass-A3-f.wav", names) == "Synth/Brass"
+    assert listen.class_from_path("/audio/a/x.wav", names) == "a"
+    assert listen.class_from_path("/audio/Brass/Synth/x.wav", names) is None  # parts out of order
+    assert listen.input_title("/audio/other/x.wav", names) == "x.wav"
