@@ -246,7 +246,7 @@ def class_average_vs_prototype(class_means, prototypes, names, config, columns=3
     return spectra_grid(curves, names, config, columns)
 
 
-def spectrogram_gallery(spectrograms, config, names=None, columns=4):
+def spectrogram_gallery(spectrograms, config, names=None, columns=5):
     """Spectrograms [N, frames, mels], titled by `names`, one colour scale (APNet's decoded prototypes)."""
     spectrograms = np.asarray(spectrograms)
     figure, axes = panel_grid(len(spectrograms), min(columns, len(spectrograms)), (3.0, 2.4), sharex=True,
