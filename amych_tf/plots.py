@@ -286,20 +286,22 @@ def winner_explanation(log_mel, reconstruction, prototype, parameters, config, t
         axis.tick_params(labelleft=False)
     level_colourbar(figure, shown, cax=figure.add_subplot(grid[0, 3]))
     times = frame_times(len(log_mel), config)
+    # (row, column, values, title, whether the values are mel bin positions shown in Hz like the spectrograms)
     curves = [
-        (1, 0, gain_db(parameters["gain"], config), "gain (dB)"),
-        (2, 0, semitones(parameters["pitch_ratio"]), "pitch shift (semitones)"),
+        (1, 0, gain_db(parameters["gain"], config), "gain (dB)", False),
+        (2, 0, semitones(parameters["pitch_ratio"]), "pitch shift (semitones)", False),
     ]
-    for column, side in ((1, "low"), (2, "high")):
+    for column, side, filtered in ((1, "low", "below"), (2, "high", "above")):
         slope, cutoff = parameters[f"{side}_slope"], parameters[f"{side}_cutoff"]
         state = "" if np.any(slope != 0) else " (off)"
-        curves += [(1, column, cutoff_bin(cutoff, config.n_mels), f"{side} filter cut-off (Hz){state}"),
-                   (2, column, slope_db_per_octave(slope, cutoff, config), f"{side} filter slope (dB/octave){state}")]
-    for row, column, values, label in curves:
+        curves += [(1, column, cutoff_bin(cutoff, config.n_mels), f"{side} filter cut-off (Hz){state}", True),
+                   (2, column, slope_db_per_octave(slope, cutoff, config),
+                    f"{side} filter slope (dB/octave, > 0 boosts {filtered}){state}", False)]
+    for row, column, values, label, on_frequency_axis in curves:
         axis = figure.add_subplot(grid[row, column], sharex=first)
         axis.plot(times, values, color="tab:blue")
         axis.set_title(label, fontsize=9)
-        if "cut-off" in label:
+        if on_frequency_axis:
             label_frequency_axis(axis, config)
             axis.set_ylabel("")
         else:
