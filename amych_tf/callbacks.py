@@ -362,8 +362,9 @@ class TensorBoardMedia(keras.callbacks.Callback):
     """Images, audio and histograms in TensorBoard every `every_epochs` epochs.
 
     Over `validation` (padded full-clip batches of amych_tf.data.evaluation_dataset):
-      images   prototype gallery; input / reconstruction / error with the winning
-               prototype for the first `num_examples` clips; confusion matrix
+      images   prototype gallery; input / reconstruction / winning prototype with the
+               winner's transformations over time (plots.winner_explanation)
+               for the first `num_examples` clips; confusion matrix
                (true class x winning prototype); assignment histogram;
       audio    every prototype held for `audio_seconds` and rendered through the
                inverse front end (Griffin-Lim), so it can be heard in TensorBoard;
@@ -421,9 +422,10 @@ class TensorBoardMedia(keras.callbacks.Callback):
                     k, frames = batch_winners[i], int(mask[i].sum())
                     label = self.info.class_names[int(batch_labels[i])]
                     title = f"{label}: prototype {names[k] if names else k}, L_rec {outputs['rec_errors'][i, k]:.4f}"
-                    image(f"reconstruction/{shown + i}", plots.reconstruction_panel(
+                    image(f"reconstruction/{shown + i}", plots.winner_explanation(
                         features["log_mel"][i, :frames], outputs["reconstructions"][i, :frames, k],
-                        prototypes[k], title))
+                        prototypes[k], {name: outputs[name][i, :frames, k] for name in parameter_names},
+                        self.info.features, title))
                 shown += min(self.num_examples - shown, len(batch_winners))
                 labels.append(np.asarray(batch_labels))
                 winners.append(batch_winners)
@@ -434,7 +436,7 @@ class TensorBoardMedia(keras.callbacks.Callback):
                 confusion, self.info.class_names, names or [str(k) for k in range(model.num_prototypes)]))
             image("assignments", plots.assignment_histogram(np.bincount(winners, minlength=model.num_prototypes),
                                                             names))
-            image("prototype_gallery", plots.prototype_gallery(prototypes, names))
+            image("prototype_gallery", plots.prototype_gallery(prototypes, self.info.features, names))
             for name in parameter_names:
                 tf.summary.histogram(f"transformations/{name}", np.concatenate(parameters[name]))
             config = self.info.features

@@ -9,14 +9,22 @@ with the inverse front end, `amych_tf.spectral.inverse_log_mel`):
   <input>/input.wav               the input re-synthesised from its log-Mel (what the model hears)
   <input>/winner-<k>-<name>.wav   its reconstruction by the winning prototype
   <input>/prototype-<k>-<name>.wav   by every prototype (timbre transfer, Figure 6)
-  <input>/grid.png                input x every prototype's reconstruction, with L_rec (Figure 6)
-  <input>/transformations.png     the winner's gain, pitch ratio and filters over time
-  <input>/stages.png              input and the winner's reconstruction after each curriculum
-                                  stage, from the run's stage checkpoints (Figure 5)
+  <input>/explanation.png         input | winner's reconstruction | winning prototype, and below
+                                  them the winner's gain (dB), pitch shift (semitones) and
+                                  filter cut-offs (Hz) and slopes (dB/octave) over time
+  <input>/grid.png                input and every prototype's reconstruction, with L_rec (Figure 6):
+                                  the winner framed green, the input's class red when it lost
+  <input>/stages.png              input, the winner's reconstruction and the winning prototype
+                                  after each curriculum stage, from the run's stage checkpoints
+                                  (Figure 5)
   <input>/stage-<i>-<name>.wav    those reconstructions
-  class_average_vs_prototype.png  each prototype over the mean spectrum of its class on the
+  class_average_vs_prototype.png  each prototype with the mean spectrum of its class on the
                                   train split of --data_dir (default: the run's dataset, skipped
-                                  with a note if it is not there) (Figure 4)
+                                  with a note if it is not there), and with the prototype of the
+                                  stage before the cross-entropy when the run has one (Figure 4)
+Spectrograms are in dB with time in seconds and frequency in Hz, one colour
+scale per figure (amych_tf.plots). An input's class is read from its path
+when a directory of it is named like a class (the SOL layout's <family>/<instrument>).
 APNet runs (`--model=apnet`) write their M latent prototypes decoded to
 spectrograms (the APNet paper's section 5.1: each decoded with the pooling
 masks of its nearest training window, from the train split of --data_dir):
@@ -107,7 +115,7 @@ def listen_to_prototypes(model, out_dir: str, seconds: float = 1.0, n_iter: int 
         write_wav(path, audio, config.sample_rate)
         paths.append(path)
     with open(os.path.join(out_dir, "prototype_gallery.png"), "wb") as f:
-        f.write(plots.figure_to_png(plots.prototype_gallery(prototypes, names)))
+        f.write(plots.figure_to_png(plots.prototype_gallery(prototypes, config, names)))
     return paths
 
 
@@ -126,7 +134,7 @@ def listen_to_apnet_prototypes(model, data_dir: str, out_dir: str, batch_size: i
         paths.append(os.path.join(out_dir, "prototypes", f"{safe_name(name)}.wav"))
         write_wav(paths[-1], audio, model.feature_config.sample_rate)
     with open(os.path.join(out_dir, "prototype_gallery.png"), "wb") as f:
-        f.write(plots.figure_to_png(plots.spectrogram_gallery(spectrograms, names)))
+        f.write(plots.figure_to_png(plots.spectrogram_gallery(spectrograms, model.feature_config, names)))
     return paths
 
 
@@ -151,8 +159,27 @@ def class_means(model, data_dir: str, split: str = "train", batch_size: int = 32
         return sums / counts[:, None], info
 
 
-def listen_to_class_averages(model, data_dir: str, out_dir: str, batch_size: int = 32) -> str:
-    """Figure 4: every prototype over the average spectrum of its class; returns the PNG's path."""
+def prototypes_without_cross_entropy(model_dir: str):
+    """Prototypes [K, F] of the last stage checkpoint before the cross-entropy stage; None when the
+    run has no such stage (unsupervised, or no stage checkpoints)."""
+    from amych_tf import evaluate, report
+
+    checkpoints = report.stage_checkpoints(model_dir)
+    stages = [stage for _, stage, _ in checkpoints]
+    if "ce" not in stages or stages.index("ce") == 0:
+        return None
+    model, _ = evaluate.load_model(model_dir, checkpoints[stages.index("ce") - 1][2])
+    return model.prototypes.numpy()
+
+
+def listen_to_class_averages(model, data_dir: str, out_dir: str, batch_size: int = 32,
+                             model_dir: str | None = None) -> str:
+    """Figure 4: every prototype with the average spectrum of its class; returns the PNG's path.
+
+    With the run's `model_dir`, the prototypes of the stage before the
+    cross-entropy joins them too, as the paper compares prototypes learned
+    without and with it.
+    """
     import numpy as np
 
     from amych_tf import evaluate, plots
@@ -165,8 +192,11 @@ def listen_to_class_averages(model, data_dir: str, out_dir: str, batch_size: int
         names = [f"cluster{k}: {name}" for k, name in enumerate(names)]
     path = os.path.join(out_dir, "class_average_vs_prototype.png")
     os.makedirs(out_dir, exist_ok=True)
+    figure = plots.class_average_vs_prototype(
+        per_prototype, model.prototypes.numpy(), names, model.feature_config,
+        without_cross_entropy=prototypes_without_cross_entropy(model_dir) if model_dir else None)
     with open(path, "wb") as f:
-        f.write(plots.figure_to_png(plots.class_average_vs_prototype(per_prototype, model.prototypes.numpy(), names)))
+        f.write(plots.figure_to_png(figure))
     return path
 
 
@@ -199,8 +229,25 @@ def listen_across_stages(model_dir: str, path: str, out_dir: str, n_iter: int = 
                   config.sample_rate)
     figure_path = os.path.join(directory, "stages.png")
     with open(figure_path, "wb") as f:
-        f.write(plots.figure_to_png(plots.stage_reconstructions(log_mel[:frames], rows, os.path.basename(path))))
+        f.write(plots.figure_to_png(plots.stage_reconstructions(
+            log_mel[:frames], rows, config, input_title(path, model.class_names))))
     return figure_path
+
+
+def class_from_path(path: str, class_names) -> str | None:
+    """The class whose name's parts are consecutive directories of `path` (SOL: <family>/<instrument>/...)."""
+    directories = os.path.normpath(os.path.dirname(os.path.abspath(path))).split(os.sep)
+    for name in class_names or ():
+        parts = name.split("/")
+        if any(directories[i:i + len(parts)] == parts for i in range(len(directories))):
+            return name
+    return None
+
+
+def input_title(path: str, class_names) -> str:
+    """The file's name, with its class when its path names one."""
+    name = class_from_path(path, class_names)
+    return os.path.basename(path) + (f" (class {name})" if name else "")
 
 
 def input_directory(out_dir: str, path: str) -> str:
@@ -245,12 +292,14 @@ def listen_to_input(model, path: str, out_dir: str, n_iter: int = 64) -> dict:
               config.sample_rate)
     for k in range(len(reconstructions)):
         write_wav(os.path.join(directory, f"prototype-{k}-{safe_name(names[k])}.wav"), audio[k], config.sample_rate)
+    title, true_class = input_title(path, model.class_names), class_from_path(path, model.class_names)
+    parameters = {name: outputs[name].numpy()[0, :frames, winner] for name in plots.PARAMETER_NAMES}
     figures = {
-        "grid.png": plots.reconstruction_grid(log_mel[:frames], reconstructions, rec_errors, names, winner),
-        "transformations.png": plots.transformation_curves(
-            {name: outputs[name].numpy()[0, :frames, winner] for name in
-             ("gain", "pitch_ratio", "low_slope", "low_cutoff", "high_slope", "high_cutoff")},
-            f"{os.path.basename(path)}: prototype {names[winner]}"),
+        "explanation.png": plots.winner_explanation(
+            log_mel[:frames], reconstructions[winner], model.prototypes.numpy()[winner], parameters, config,
+            f"{title}: won by {names[winner]}, L_rec {rec_errors[winner]:.4f}"),
+        "grid.png": plots.reconstruction_grid(log_mel[:frames], reconstructions, rec_errors, names, winner, config,
+                                              title, names.index(true_class) if true_class in names else None),
     }
     for name, figure in figures.items():
         with open(os.path.join(directory, name), "wb") as f:
@@ -281,7 +330,8 @@ def main(argv):
             raise evaluate.EvaluationError(f"{type(model).__name__} has no prototypes to listen to")
         listen_to_prototypes(model, FLAGS.out_dir, FLAGS.seconds, FLAGS.griffin_lim_iters)
         if os.path.isfile(os.path.join(data_dir, "dataset_info.json")):
-            print(f"class averages -> {listen_to_class_averages(model, data_dir, FLAGS.out_dir, FLAGS.eval_batch_size)}")
+            path = listen_to_class_averages(model, data_dir, FLAGS.out_dir, FLAGS.eval_batch_size, FLAGS.model_dir)
+            print(f"class averages -> {path}")
         else:
             print(f"note: no dataset at {data_dir!r}: class_average_vs_prototype.png skipped (give --data_dir)")
         names = prototype_names(model)

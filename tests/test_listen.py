@@ -26,7 +26,7 @@ def test_listen_writes_playable_wavs_and_figures(tmp_path):
     assert [os.path.basename(p) for p in paths] == ["0-a_x.wav", "1-b.wav", "2-c.wav"]
     result = listen.listen_to_input(model, tone_path, out_dir, n_iter=32)
     directory = result["directory"]
-    expected = {"input.wav", "grid.png", "transformations.png", f"winner-{result['winner']}-"
+    expected = {"input.wav", "grid.png", "explanation.png", f"winner-{result['winner']}-"
                 f"{listen.safe_name(model.class_names[result['winner']])}.wav"}
     expected |= {f"prototype-{k}-{listen.safe_name(n)}.wav" for k, n in enumerate(model.class_names)}
     assert set(os.listdir(directory)) == expected
@@ -50,8 +50,12 @@ def test_class_averages_and_curriculum_stage_figures(tmp_path):
                       n_fft=FEATURES.n_fft, hop_length=FEATURES.hop_length)
     model_dir, out_dir = str(tmp_path / "run"), str(tmp_path / "listen")
     model = write_model_dir(model_dir, data_dir=str(tmp_path / "data"))
-    # Stage checkpoints as the curriculum writes them: raw prototypes, then + gain.
-    for index, (stage, active) in enumerate([("raw", ()), ("gain", ("gain",))]):
+    # Stage checkpoints as the curriculum writes them: raw prototypes, + gain, + cross-entropy (whose
+    # prototypes moved on from the gain stage's).
+    gain_stage_prototypes = model.prototypes.numpy()
+    for index, (stage, active) in enumerate([("raw", ()), ("gain", ("gain",)), ("ce", ("gain",))]):
+        if stage == "ce":
+            model.prototypes.assign(gain_stage_prototypes + 0.1)
         model.set_active_transformations(active)
         model.save_weights(os.path.join(model_dir, "checkpoints", f"stage-{index}-{stage}.weights.h5"))
 
@@ -63,14 +67,25 @@ def test_class_averages_and_curriculum_stage_figures(tmp_path):
         expected = np.full(FEATURES.n_mels, np.mean([(lengths["train"][i] - 1) / 2 for i in clips]))
         expected[1] = np.mean(list(clips))
         np.testing.assert_allclose(means[k], expected, rtol=1e-6)
-    assert os.path.getsize(listen.listen_to_class_averages(model, str(tmp_path / "data"), out_dir)) > 1000
+    assert os.path.getsize(listen.listen_to_class_averages(model, str(tmp_path / "data"), out_dir, 3,
+                                                           model_dir)) > 1000
+    # Figure 4's prototypes without cross-entropy are the stage before it's.
+    np.testing.assert_array_equal(listen.prototypes_without_cross_entropy(model_dir), gain_stage_prototypes)
 
     tone_path = str(tmp_path / "tone.wav")
     soundfile.write(tone_path, harmonic_tone(330.0, 16000, seconds=0.6), 16000)
     figure = listen.listen_across_stages(model_dir, tone_path, out_dir, n_iter=8)
     directory = os.path.dirname(figure)
     assert os.path.getsize(figure) > 1000
-    assert sorted(n for n in os.listdir(directory) if n.startswith("stage-")) == ["stage-0-raw.wav",
-                                                                                  "stage-1-gain.wav"]
+    assert sorted(n for n in os.listdir(directory) if n.startswith("stage-")) == [
+        "stage-0-raw.wav", "stage-1-gain.wav", "stage-2-ce.wav"]
     audio, rate = soundfile.read(os.path.join(directory, "stage-0-raw.wav"))
     assert rate == 16000 and np.all(np.isfinite(audio)) and np.abs(audio).max() > 0.1
+
+
+def test_an_inputs_class_is_read_from_its_directories():
+    names = ["Synth/Bowed", "Synth/Brass", "a"]
+    assert listen.class_from_path("/audio/Synth/Brass/ordinario/Brass-A3-f.wav", names) == "Synth/Brass"
+    assert listen.class_from_path("/audio/a/x.wav", names) == "a"
+    assert listen.class_from_path("/audio/Brass/Synth/x.wav", names) is None  # parts out of order
+    assert listen.input_title("/audio/other/x.wav", names) == "x.wav"
