@@ -472,6 +472,13 @@ def evaluation_dataset(
     reflected border.) It also saves the work of padding short clips to long
     ones.
 
+    Several input pipelines (multi-worker training's validation) are the
+    exception: there every pipeline must give the same number of batches (the
+    workers' collective ops run in step), which grouping by length cannot
+    promise, so consecutive clips are batched and padded to the batch's
+    longest, as before. `evaluate`, `report` and training's final test run on
+    one pipeline and are unaffected.
+
     Order: deterministic. A batch is emitted when `batch_size` clips of one
     padded length have arrived, and the incomplete batches at the end of the
     split; within a padded length, clips keep the split's file order
@@ -525,8 +532,11 @@ def evaluation_dataset(
         return features, batch["label"]
 
     dataset = records.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    dataset = dataset.group_by_window(
-        padded_length_bucket, lambda _, clips: clips.padded_batch(batch_size), window_size=batch_size)
+    if num_pipelines > 1:
+        dataset = dataset.padded_batch(batch_size)
+    else:
+        dataset = dataset.group_by_window(
+            padded_length_bucket, lambda _, clips: clips.padded_batch(batch_size), window_size=batch_size)
     dataset = dataset.map(pad, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return dataset.prefetch(tf.data.AUTOTUNE)
 

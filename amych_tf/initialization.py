@@ -96,6 +96,12 @@ def initial_prototypes(points, labels, num_prototypes, mode, *, seed=0, noise=0.
     """Prototype values [K, F] for `mode` from all training clips' mean spectra `points` [N, F]."""
     rng = np.random.default_rng(seed)
     points, labels = np.asarray(points, np.float64), np.asarray(labels)
+    # A clip with NaN or Inf values must not become a prototype: left out here, the
+    # training's non-finite guard names it when a batch meets it.
+    finite = np.all(np.isfinite(points), axis=1)
+    points, labels = points[finite], labels[finite]
+    if not len(points):
+        raise ValueError("every training clip has non-finite log-Mel values: no prototype can start from one")
     chosen = uniform_sample(len(points), max_examples, rng)
     if mode == "supervised":
         centres = class_medoids(points[chosen], labels[chosen], num_prototypes, points, labels)
