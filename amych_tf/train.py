@@ -22,6 +22,7 @@ With --export_dir, the final model is also exported as a SavedModel (amych_tf.ex
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -93,20 +94,20 @@ def check_flags(info_loader=None):
         raise FlagError("--data_dir is required")
     if not FLAGS.model_dir:
         raise FlagError("--model_dir is required")
+    info_path = os.path.join(FLAGS.data_dir, data.INFO_FILENAME)
     try:
         info = (info_loader or data.load_dataset_info)(FLAGS.data_dir)
-    except (FileNotFoundError, ValueError) as error:
+    except FileNotFoundError as error:
         raise FlagError(str(error)) from None
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        # A truncated, hand-edited or foreign file: say which file, whatever failed on it.
+        message = str(error) if data.INFO_FILENAME in str(error) else f"{info_path} is unusable: {error}"
+        raise FlagError(message) from None
+    malformed = _malformed_dataset_info(info)
+    if malformed:
+        raise FlagError(f"{info_path} is malformed ({malformed}); re-run data_tools.prepare")
     if os.path.isfile(os.path.join(FLAGS.model_dir, "config.json")):
-        with open(os.path.join(FLAGS.model_dir, "config.json"), encoding="utf-8") as f:
-            previous = json.load(f)
-        from amych_tf.spectral import FeatureConfig
-
-        try:
-            FeatureConfig.from_dict(previous["model"]["feature_config"]).check_compatible(
-                info.features, what=f"dataset {FLAGS.data_dir} and the model in {FLAGS.model_dir}")
-        except ValueError as error:
-            raise FlagError(str(error)) from None
+        _check_resumed_run(info)
     num_prototypes = FLAGS.num_prototypes or info.num_classes
     if FLAGS.model != "prototypes" and FLAGS.export_dir:
         raise FlagError("--export_dir exports PlayablePrototypes only (amych_tf.export); baselines are not served")
@@ -122,6 +123,10 @@ def check_flags(info_loader=None):
         raise FlagError(f"--train_frames={FLAGS.train_frames} must be a positive multiple of {multiple} (2^n_pools)")
     if FLAGS.batch_size < 1 or FLAGS.eval_batch_size < 1:
         raise FlagError("--batch_size and --eval_batch_size must be positive")
+    if not (0 < FLAGS.learning_rate < math.inf):
+        raise FlagError(f"--learning_rate must be positive and finite, got {FLAGS.learning_rate}")
+    if not (0 <= FLAGS.weight_decay < math.inf):
+        raise FlagError(f"--weight_decay must be >= 0 and finite, got {FLAGS.weight_decay}")
     if info.split_counts.get("train", 0) < FLAGS.batch_size:
         raise FlagError(
             f"the train split has {info.split_counts.get('train', 0)} examples, fewer than one batch "
@@ -129,7 +134,61 @@ def check_flags(info_loader=None):
         )
     if FLAGS.log_freq != "epoch" and not FLAGS.log_freq.isdigit():
         raise FlagError(f"--log_freq must be 'epoch' or a number of batches, got {FLAGS.log_freq!r}")
+    longest = _longest_train_clip(FLAGS.data_dir)
+    if longest is not None and FLAGS.train_frames > longest:
+        # Not an error: crops of clips shorter than --train_frames repeat the clip
+        # (data.crop_indices), the paper's tiling of short clips; but every crop then does.
+        logging.warning("--train_frames=%d is longer than every training clip (the longest has %d frames): "
+                        "every crop repeats (tiles) its clip to %d frames", FLAGS.train_frames, longest,
+                        FLAGS.train_frames)
     return info, num_prototypes
+
+
+def _malformed_dataset_info(info) -> str | None:
+    """What is wrong with the fields of a dataset_info.json that training reads, or None."""
+    if not isinstance(info.class_names, list) or not all(isinstance(name, str) for name in info.class_names):
+        return "class_names must be a list of strings"
+    for field in ("split_counts", "num_shards"):
+        values = getattr(info, field)
+        if not isinstance(values, dict) or not all(isinstance(count, int) and count >= 0
+                                                   for count in values.values()):
+            return f"{field} must map splits to non-negative integers"
+    return None
+
+
+def _check_resumed_run(info) -> None:
+    """A model_dir that holds a run already: its features and classes must be the dataset's."""
+    from amych_tf.spectral import FeatureConfig
+
+    with open(os.path.join(FLAGS.model_dir, "config.json"), encoding="utf-8") as f:
+        previous = json.load(f)
+    try:
+        FeatureConfig.from_dict(previous["model"]["feature_config"]).check_compatible(
+            info.features, what=f"dataset {FLAGS.data_dir} and the model in {FLAGS.model_dir}")
+    except ValueError as error:
+        raise FlagError(str(error)) from None
+    previous_classes = previous.get("dataset", {}).get("class_names")
+    if previous_classes is not None and previous_classes != info.class_names:
+        raise FlagError(
+            f"the run in {FLAGS.model_dir} was trained on other classes ({len(previous_classes)}) than dataset "
+            f"{FLAGS.data_dir} has ({info.num_classes}); use another --model_dir")
+
+
+def _longest_train_clip(data_dir: str) -> int | None:
+    """Frames of the longest train clip, from manifest.csv (None without one)."""
+    import csv
+
+    from amych_tf import data
+
+    path = os.path.join(data_dir, data.MANIFEST_FILENAME)
+    if not os.path.isfile(path):
+        return None
+    with open(path, newline="", encoding="utf-8") as f:
+        try:
+            frames = [int(row["num_frames"]) for row in csv.DictReader(f) if row["split"] == "train"]
+        except (KeyError, ValueError):  # a manifest of another format: nothing to warn about
+            return None
+    return max(frames, default=None)
 
 
 def make_strategy():

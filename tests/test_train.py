@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -74,6 +75,49 @@ def test_bad_flags_fail_with_clear_messages(tiny_data, tmp_path):
         json.dump({"model": {"feature_config": {"sample_rate": 44100, "n_fft": 2048, "hop_length": 512,
                                                 "n_mels": 128}}}, f)
     assert "sample_rate" in check_flags_error(**train_flags(tiny_data, model_dir))
+
+
+def test_inconsistent_options_are_refused_before_any_work(tiny_data, tmp_path, monkeypatch):
+    model_dir = str(tmp_path / "run")
+    assert "--batch_size and --eval_batch_size must be positive" in check_flags_error(
+        **train_flags(tiny_data, model_dir, batch_size=0))
+    for rate in (-1e-3, 0.0, float("nan")):
+        assert "--learning_rate must be positive and finite" in check_flags_error(
+            **train_flags(tiny_data, model_dir, learning_rate=rate))
+    assert "--weight_decay must be >= 0" in check_flags_error(**train_flags(tiny_data, model_dir, weight_decay=-1.0))
+
+    # dataset_info.json truncated, of the wrong shape or with fields of the wrong type: one line naming the file.
+    with open(os.path.join(tiny_data, "dataset_info.json")) as f:
+        good = f.read()
+    info = json.loads(good)
+    broken = {"truncated": good[: len(good) // 2], "not an object": '"x"', "binary": b"\xff\xfe\x00",
+              "split_counts a list": json.dumps({**info, "split_counts": [24, 3, 6]}),
+              "class_names a number": json.dumps({**info, "class_names": 3}),
+              "num_shards a string": json.dumps({**info, "num_shards": {"train": "6"}})}
+    for case, content in broken.items():
+        corrupt_dir = tmp_path / "corrupt"
+        shutil.copytree(tiny_data, corrupt_dir, dirs_exist_ok=True)
+        (corrupt_dir / "dataset_info.json").write_bytes(content if isinstance(content, bytes) else content.encode())
+        message = check_flags_error(**train_flags(str(corrupt_dir), model_dir))
+        assert str(corrupt_dir / "dataset_info.json") in message, (case, message)
+    assert not os.path.exists(model_dir)  # nothing was started
+
+    # Resuming a run on a dataset with other classes (same features) is refused too.
+    os.makedirs(model_dir)
+    with open(os.path.join(model_dir, "config.json"), "w") as f:
+        json.dump({"model": {"feature_config": info["features"]},
+                   "dataset": {"class_names": ["class0", "class1", "other"]}}, f)
+    assert "trained on other classes" in check_flags_error(**train_flags(tiny_data, model_dir))
+
+    # Crops longer than every clip are not an error: clips are tiled, and the log says so.
+    warnings = []
+    monkeypatch.setattr(train.logging, "warning", lambda message, *args: warnings.append(message % args))
+    FLAGS.unparse_flags()
+    FLAGS(["train"])
+    with flagsaver.flagsaver(**train_flags(tiny_data, str(tmp_path / "long"), train_frames=64)):
+        train.check_flags()
+    assert warnings == ["--train_frames=64 is longer than every training clip (the longest has 46 frames): "
+                        "every crop repeats (tiles) its clip to 64 frames"]
 
 
 def test_command_line_error_is_one_line_and_exit_status_2(tmp_path):
