@@ -382,9 +382,39 @@ def main(argv):
         from amych_tf.callbacks import NonFiniteLossError
 
         if isinstance(error, NonFiniteLossError):
-            print(f"error: {error}", file=sys.stderr)
+            print(f"error: {error} {_non_finite_data_report(info)}", file=sys.stderr)
             sys.exit(3)
         raise
+
+
+def _non_finite_data_report(info, shown: int = 5) -> str:
+    """Which stored examples hold NaN or Inf log-Mel values, read after a non-finite loss stopped training.
+
+    Decision: such an example stops the run (it is not skipped). data_tools.prepare
+    never writes one (it refuses audio with non-finite samples), so one means a
+    damaged or foreign dataset, to be prepared again; skipping it silently would
+    train on a dataset other than the one described by dataset_info.json. The scan
+    reads the whole dataset once, only on this failure path.
+    """
+    import tensorflow as tf
+
+    from amych_tf import data
+
+    def is_finite(record):
+        example = data.parse_example(record, num_mels=info.features.n_mels, storage_dtype=info.storage_dtype)
+        return example["path"], tf.reduce_all(tf.math.is_finite(example["log_mel"]))
+
+    found = []
+    for split in data.SPLITS:
+        if info.split_counts.get(split, 0):
+            records = tf.data.TFRecordDataset(info.shard_paths(FLAGS.data_dir, split))
+            for paths, finite in records.map(is_finite).batch(256).as_numpy_iterator():
+                found += [f"{path.decode()} ({split})" for path in paths[~finite]]
+    if not found:
+        return "Every stored log-Mel is finite: the optimisation diverged (lower --learning_rate)."
+    more = f" and {len(found) - shown} more" if len(found) > shown else ""
+    return (f"{len(found)} stored example(s) have NaN or Inf log-Mel values: {', '.join(found[:shown])}{more}; "
+            "prepare the dataset again (data_tools.prepare refuses non-finite audio).")
 
 
 def console_main():

@@ -350,18 +350,28 @@ def test_unsupervised_run_maps_clusters_to_classes_and_exports(tiny_data, tmp_pa
     assert result["class_id"].numpy().tolist() == [summary["prototype_classes"][k] for k in winners]
 
 
-def test_non_finite_loss_stops_before_anything_is_saved(tmp_path):
-    def with_a_nan(clip_index, num_frames, num_mels):
+def test_non_finite_data_stops_training_naming_the_examples_before_anything_is_saved(tmp_path, capsys):
+    def with_non_finite_values(clip_index, num_frames, num_mels):
         log_mel = class_coded_log_mel(clip_index, num_frames, num_mels)
         if clip_index == 5:
-            log_mel[3, 7] = np.nan
+            log_mel[3, 7] = np.nan  # in the train and test splits (same spectrogram function)
         return log_mel
 
     data_dir = str(tmp_path / "prepared")
-    make_prepared_dir(data_dir, {"train": [40] * 16, "validation": [40] * 3, "test": [40] * 3},
-                      num_mels=NUM_MELS, num_classes=NUM_CLASSES, spectrogram=with_a_nan)
+    make_prepared_dir(data_dir, {"train": [40] * 16, "validation": [40] * 3, "test": [40] * 6},
+                      num_mels=NUM_MELS, num_classes=NUM_CLASSES, spectrogram=with_non_finite_values)
     model_dir = str(tmp_path / "run")
-    with pytest.raises(callbacks.NonFiniteLossError, match="loss became nan"):
-        run_training(**train_flags(data_dir, model_dir, batch_size=16, epochs=2, media_freq=0, augment=False))
-    assert not glob.glob(os.path.join(model_dir, "checkpoints", "*.h5"))
+    FLAGS.unparse_flags()
+    FLAGS(["train"])
+    with flagsaver.flagsaver(**train_flags(data_dir, model_dir, batch_size=16, epochs=2, media_freq=0,
+                                           augment=False)):
+        with pytest.raises(SystemExit) as stopped:
+            train.main(["train"])
+    assert stopped.value.code == 3
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "loss became nan" in lines[0], lines
+    assert ("2 stored example(s) have NaN or Inf log-Mel values: train/clip-0005.wav (train), "
+            "test/clip-0005.wav (test); prepare the dataset again") in lines[0]
+    assert not glob.glob(os.path.join(model_dir, "checkpoints", "*.h5"))  # no NaN prototypes saved
+    assert not glob.glob(os.path.join(model_dir, "backup", "*"))
     assert not os.path.exists(os.path.join(model_dir, "metrics.json"))
