@@ -10,7 +10,8 @@ device list. `--batch_size` is the global batch.
 model_dir receives:
   flags.txt                 the flags of the run (usable as --flagfile)
   config.json               model, features and classes (evaluate/export read it)
-  backup/                   BackupAndRestore state: rerun the same command to resume
+  backup/                   training state at the last epoch end (amych_tf.resume): rerun the
+                            same command to resume; deleted when metrics.json is written
   checkpoints/best.weights.h5     best validation loss
   checkpoints/latest.weights.h5   every --checkpoint_freq epochs
   checkpoints/stage-<i>-<name>.weights.h5   end of every curriculum stage
@@ -266,7 +267,7 @@ def run(info, num_prototypes) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from amych_tf import callbacks, data, evaluate, initialization
+    from amych_tf import callbacks, data, evaluate, initialization, resume
 
     strategy = make_strategy()
     out_dir = worker_dir(FLAGS.model_dir, strategy)
@@ -296,7 +297,7 @@ def run(info, num_prototypes) -> dict:
     checkpoints = os.path.join(out_dir, "checkpoints")
     os.makedirs(checkpoints, exist_ok=True)
     # Order matters at epoch end: the curriculum and reassignment change the model
-    # before BackupAndRestore and the checkpoints save it.
+    # before the checkpoints and the backup (last) save it.
     run_callbacks = [callbacks.NonFiniteGuard()]
     if playable:
         run_callbacks.append(callbacks.Curriculum(
@@ -309,7 +310,6 @@ def run(info, num_prototypes) -> dict:
         # training loss without a validation split) has not improved for --patience epochs.
         run_callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_loss" if validation_data is not None else "loss", patience=FLAGS.patience))
-    run_callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(out_dir, "backup")))
     if playable:
         run_callbacks.append(callbacks.TrainingScalars(os.path.join(out_dir, "logs", "train")))
     run_callbacks += [
@@ -330,6 +330,11 @@ def run(info, num_prototypes) -> dict:
             run_callbacks.append(callbacks.TensorBoardMedia(
                 os.path.join(out_dir, "logs", "media"), media_data, info, every_epochs=FLAGS.media_freq,
                 num_examples=FLAGS.media_examples))
+
+    backup = resume.TrainingBackup(os.path.join(out_dir, "backup"), tracked=[
+        callback for callback in run_callbacks
+        if isinstance(callback, (keras.callbacks.ModelCheckpoint, keras.callbacks.EarlyStopping))])
+    run_callbacks.append(backup)
 
     start = time.time()
     model.fit(train_data, epochs=FLAGS.epochs, validation_data=validation_data, shuffle=False,
@@ -358,6 +363,7 @@ def run(info, num_prototypes) -> dict:
         summary["clustering"] = {key: clusters[key] for key in (
             "overall_accuracy", "average_accuracy", "per_class_accuracy", "prototype_classes", "unused_prototypes")}
     evaluate.write_report(summary, os.path.join(out_dir, "metrics.json"), info.class_names)
+    backup.discard()  # kept until now: a kill during the evaluation resumes after training
     print(f"{evaluate.summary_line(summary)}, trained {train_seconds:.0f} s")
     if FLAGS.export_dir and is_chief(strategy) and playable:
         from amych_tf import export

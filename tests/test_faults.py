@@ -4,6 +4,7 @@ Inconsistent training flags, bad serving requests and non-finite training data a
 test_train.py and test_export.py; README's "Failure behaviour" lists every fault.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -125,3 +126,159 @@ def test_prepare_killed_midway_leaves_no_partial_dataset_and_a_rerun_equals_an_u
         data.load_dataset_info(str(earlier))
     run_prepare(str(folders_tree), earlier, layout="folders", shard_size=2)
     assert directory_bytes(str(earlier)) == directory_bytes(str(reference))
+
+
+# Runs amych_tf.train's command line and kills itself with SIGKILL: "epoch" in the middle of
+# the third epoch (after its 2nd batch), "metrics" when metrics.json is about to get its name.
+KILLED_TRAINING = textwrap.dedent("""
+    import os, signal, sys
+    from amych_tf import callbacks, evaluate, train
+
+    where, argv = sys.argv[1], sys.argv[2:]
+    if where == "epoch":
+        guard = callbacks.NonFiniteGuard.on_train_batch_end
+
+        def guard_then_die(self, batch, logs=None):
+            guard(self, batch, logs)
+            if int(self.model.optimizer.iterations.numpy()) == 2 * 3 + 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        callbacks.NonFiniteGuard.on_train_batch_end = guard_then_die
+    else:
+        replace = evaluate.os.replace
+
+        def die_before_metrics(source, target):
+            if target.endswith("metrics.json"):
+                os.kill(os.getpid(), signal.SIGKILL)
+            replace(source, target)
+
+        evaluate.os.replace = die_before_metrics
+    sys.argv = ["train", *argv]
+    train.console_main()
+""")
+
+
+@pytest.fixture(scope="module")
+def tiny_training_data(tmp_path_factory):
+    from helpers import class_coded_log_mel, make_prepared_dir
+
+    directory = tmp_path_factory.mktemp("prepared")
+    # Every clip at most 32 frames: one padded length, fewer traces of the evaluation step.
+    make_prepared_dir(directory, {"train": [20 + i % 7 for i in range(24)], "validation": [18, 30, 25],
+                                  "test": [31, 17, 20, 28, 25, 19]},
+                      num_mels=32, num_classes=3, spectrogram=class_coded_log_mel)
+    return str(directory)
+
+
+def train_command(data_dir, model_dir, *how):
+    # 3 batches per epoch; patience 0: the curriculum moves on every epoch, so stage = epoch - 1.
+    return [sys.executable, *how, f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--batch_size=8",
+            "--eval_batch_size=8", "--train_frames=16", "--epochs=3", "--patience=0", "--warmup_steps=2",
+            "--learning_rate=1e-3", "--media_freq=0", "--verbose=2", "--init_examples=24"]
+
+
+def epoch_logs(stdout):
+    """{epoch: the values Keras printed at its end} of `--verbose=2` output, timings left out."""
+    logs, epoch = {}, None
+    for line in stdout.splitlines():
+        if line.startswith("Epoch "):
+            epoch = int(line.split()[1].split("/")[0])
+        elif epoch is not None and " - loss: " in line:
+            logs[epoch] = {name: float(value) for name, value in
+                           (item.split(": ") for item in line.split(" - ") if ": " in item)}
+    return logs
+
+
+def test_training_killed_mid_epoch_or_while_writing_metrics_resumes_where_it_stopped(tiny_training_data, tmp_path):
+    def run(command, expected_status):
+        completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert completed.returncode == expected_status, completed.stderr[-3000:]
+        return completed
+
+    def metrics(model_dir):
+        with open(os.path.join(model_dir, "metrics.json")) as f:
+            return {key: value for key, value in json.load(f).items() if key != "train_seconds"}
+
+    # Killed when metrics.json gets its name, after training: no metrics.json, half-written or not; the
+    # trained state is kept, and the same command evaluates it again without training an epoch.
+    reference = str(tmp_path / "reference")
+    killed = run(train_command(tiny_training_data, reference, "-c", KILLED_TRAINING, "metrics"), -signal.SIGKILL)
+    reference_logs = epoch_logs(killed.stdout)
+    assert sorted(reference_logs) == [1, 2, 3]
+    assert not os.path.exists(os.path.join(reference, "metrics.json"))
+    assert os.listdir(os.path.join(reference, "backup")) == ["epoch-3"]
+    finished = run(train_command(tiny_training_data, reference, "-m", "amych_tf.train"), 0)
+    assert epoch_logs(finished.stdout) == {} and finished.stdout.startswith("test OA ")
+    assert not os.path.exists(os.path.join(reference, "backup"))  # the run is complete: a rerun trains anew
+
+    # SIGKILL in the 3rd epoch: the backup holds the end of the 2nd; the same command resumes there,
+    # in the same curriculum stage, not from scratch.
+    model_dir = str(tmp_path / "run")
+    killed = run(train_command(tiny_training_data, model_dir, "-c", KILLED_TRAINING, "epoch"), -signal.SIGKILL)
+    assert sorted(epoch_logs(killed.stdout)) == [1, 2]
+    assert os.listdir(os.path.join(model_dir, "backup")) == ["epoch-2"]
+    resumed = epoch_logs(run(train_command(tiny_training_data, model_dir, "-m", "amych_tf.train"), 0).stdout)
+    assert sorted(resumed) == [3] and resumed[3]["curriculum_stage"] == reference_logs[3]["curriculum_stage"] == 2
+    # The test metrics are those of the best validation checkpoint, here from before the kill, which the
+    # rerun keeps because it remembers the best validation loss: equal to the last bit (tolerance 0).
+    # Epochs after a resume see another data stream than an uninterrupted run (amych_tf.resume), so
+    # a best checkpoint from after the resume would differ as much as a run with another shuffle does.
+    assert metrics(model_dir) == metrics(reference)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_backup_survives_half_written_files(tmp_path):
+    """What a kill while writing a checkpoint or a backup leaves: a restore puts things right."""
+    import keras
+
+    from amych_tf import resume
+
+    inputs = np.linspace(-1.0, 1.0, 32, dtype=np.float32)[:, None]
+    best_path = str(tmp_path / "best.weights.h5")
+    seen = []  # (epoch, best loss ModelCheckpoint knows, best.weights.h5 readable) at each epoch start
+
+    def readable(path):
+        try:
+            keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)]).load_weights(path)
+        except (OSError, ValueError):
+            return False
+        return True
+
+    class Probe(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            seen.append((epoch, self.best_checkpoint.best, os.path.exists(best_path) and readable(best_path)))
+            if epoch == stop_at:
+                raise Interrupt()
+
+    def fit(epochs):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+        model.compile(keras.optimizers.SGD(0.1), loss="mse")
+        best = keras.callbacks.ModelCheckpoint(best_path, save_weights_only=True, save_best_only=True,
+                                               monitor="loss")
+        probe = Probe()
+        probe.best_checkpoint = best
+        backup = resume.TrainingBackup(str(tmp_path / "backup"), tracked=[best])
+        model.fit(inputs, 2 * inputs, epochs=epochs, batch_size=8, verbose=0, callbacks=[best, backup, probe])
+        return best
+
+    stop_at = 2
+    with pytest.raises(Interrupt):
+        fit(4)
+    interrupted = seen.pop()
+    # A kill while best.weights.h5 was rewritten, and another while the next backup was written.
+    with open(best_path, "r+b") as f:
+        f.truncate(os.path.getsize(best_path) // 2)
+    os.makedirs(tmp_path / "backup" / ".epoch-killed")
+    (tmp_path / "backup" / ".epoch-killed" / resume.WEIGHTS_FILENAME).write_bytes(b"half")
+
+    stop_at = None
+    seen.clear()
+    fit(4)
+    # Resumed after the two epochs of the backup, remembering the best loss of those epochs,
+    # with best.weights.h5 whole again.
+    assert seen[0] == interrupted and interrupted[0] == 2 and np.isfinite(interrupted[1]) and interrupted[2]
+    assert os.listdir(tmp_path / "backup") == ["epoch-4"]  # the final state, kept until discard()

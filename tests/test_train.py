@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -17,7 +16,7 @@ from absl.testing import flagsaver
 
 from helpers import class_coded_log_mel, make_prepared_dir
 
-from amych_tf import callbacks, train
+from amych_tf import callbacks, resume, train
 
 FLAGS = flags.FLAGS
 train.define_flags()
@@ -200,7 +199,7 @@ def test_killed_run_resumes_in_the_same_stage_with_the_same_step_count(tiny_data
     # patience 0: a new curriculum stage every epoch, so the stage at the kill is known.
     values = train_flags(tiny_data, model_dir, epochs=6, media_freq=0, patience=0)
     seen = {}
-    original_epoch_end = keras.callbacks.BackupAndRestore.on_epoch_end
+    original_epoch_end = resume.TrainingBackup.on_epoch_end
 
     def backup_then_die(self, epoch, logs=None):
         original_epoch_end(self, epoch, logs)
@@ -210,17 +209,17 @@ def test_killed_run_resumes_in_the_same_stage_with_the_same_step_count(tiny_data
             seen["prototypes"] = np.array(self.model.prototypes.numpy())
             raise Interrupt()
 
-    monkeypatch.setattr(keras.callbacks.BackupAndRestore, "on_epoch_end", backup_then_die)
+    monkeypatch.setattr(resume.TrainingBackup, "on_epoch_end", backup_then_die)
     with pytest.raises(Interrupt):
         run_training(**values)
-    monkeypatch.setattr(keras.callbacks.BackupAndRestore, "on_epoch_end", original_epoch_end)
+    monkeypatch.setattr(resume.TrainingBackup, "on_epoch_end", original_epoch_end)
     assert seen["state"][callbacks.STAGE] == 3  # raw -> gain -> pitch -> filters
 
     resumed = {}
     original_epoch_begin = callbacks.Curriculum.on_epoch_begin
 
     def record(self, epoch, logs=None):
-        if not resumed:  # the first epoch of the resumed run, after BackupAndRestore's restore
+        if not resumed:  # the first epoch of the resumed run, after TrainingBackup's restore
             resumed.update(epoch=epoch, state=np.array(self.model.curriculum_state.numpy()),
                            iterations=int(self.model.optimizer.iterations.numpy()),
                            prototypes=np.array(self.model.prototypes.numpy()))
