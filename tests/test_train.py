@@ -16,7 +16,7 @@ from absl.testing import flagsaver
 
 from helpers import class_coded_log_mel, make_prepared_dir
 
-from amych_tf import callbacks, resume, train
+from amych_tf import callbacks, data, resume, train
 
 FLAGS = flags.FLAGS
 train.define_flags()
@@ -349,7 +349,7 @@ def test_unsupervised_run_maps_clusters_to_classes_and_exports(tiny_data, tmp_pa
     assert result["class_id"].numpy().tolist() == [summary["prototype_classes"][k] for k in winners]
 
 
-def test_non_finite_data_stops_training_naming_the_examples_before_anything_is_saved(tmp_path, capsys):
+def test_non_finite_data_stops_training_naming_the_examples_before_anything_is_saved(tiny_data, tmp_path, capsys):
     def with_non_finite_values(clip_index, num_frames, num_mels):
         log_mel = class_coded_log_mel(clip_index, num_frames, num_mels)
         if clip_index == 5:
@@ -374,3 +374,7 @@ def test_non_finite_data_stops_training_naming_the_examples_before_anything_is_s
     assert not glob.glob(os.path.join(model_dir, "checkpoints", "*.h5"))  # no NaN prototypes saved
     assert not glob.glob(os.path.join(model_dir, "backup", "*"))
     assert not os.path.exists(os.path.join(model_dir, "metrics.json"))
+    # Finite data: the message blames the optimisation instead.
+    with flagsaver.flagsaver(data_dir=tiny_data):
+        report = train._non_finite_data_report(data.load_dataset_info(tiny_data))
+    assert report == "Every stored log-Mel is finite: the optimisation diverged (lower --learning_rate)."
