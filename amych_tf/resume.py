@@ -84,6 +84,12 @@ class TrainingBackup(keras.callbacks.Callback):
         return [getattr(callback, "filepath", None) for callback in self.tracked]
 
     def _save(self, epoch: int) -> None:
+        final = os.path.join(self.backup_dir, f"epoch-{epoch}")
+        if os.path.isdir(final):
+            # The same state, saved already: at the end of a run that trained every epoch (the
+            # last epoch's backup), or of a rerun that trained none. Replacing it would leave a
+            # moment without any complete backup.
+            return
         os.makedirs(self.backup_dir, exist_ok=True)
         staging = tempfile.mkdtemp(prefix=".epoch-", dir=self.backup_dir)
         self.model.save_weights(os.path.join(staging, WEIGHTS_FILENAME))
@@ -97,9 +103,6 @@ class TrainingBackup(keras.callbacks.Callback):
             files.append(copied)
         with open(os.path.join(staging, STATE_FILENAME), "w", encoding="utf-8") as f:
             json.dump({"epoch": epoch, "counters": counters, "checkpoint_files": files}, f)
-        final = os.path.join(self.backup_dir, f"epoch-{epoch}")
-        if os.path.exists(final):  # the last backup of a run, written again on a rerun
-            shutil.rmtree(final)
         os.rename(staging, final)
         for name in os.listdir(self.backup_dir):  # older backups, and staging left by a kill
             if name != os.path.basename(final):
