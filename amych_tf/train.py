@@ -10,7 +10,8 @@ device list. `--batch_size` is the global batch.
 model_dir receives:
   flags.txt                 the flags of the run (usable as --flagfile)
   config.json               model, features and classes (evaluate/export read it)
-  backup/                   BackupAndRestore state: rerun the same command to resume
+  backup/                   training state at the last epoch end (amych_tf.resume): rerun the
+                            same command to resume; deleted when metrics.json is written
   checkpoints/best.weights.h5     best validation loss
   checkpoints/latest.weights.h5   every --checkpoint_freq epochs
   checkpoints/stage-<i>-<name>.weights.h5   end of every curriculum stage
@@ -22,6 +23,7 @@ With --export_dir, the final model is also exported as a SavedModel (amych_tf.ex
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -103,20 +105,20 @@ def check_flags(info_loader=None):
         raise FlagError("--data_dir is required")
     if not FLAGS.model_dir:
         raise FlagError("--model_dir is required")
+    info_path = os.path.join(FLAGS.data_dir, data.INFO_FILENAME)
     try:
         info = (info_loader or data.load_dataset_info)(FLAGS.data_dir)
-    except (FileNotFoundError, ValueError) as error:
+    except FileNotFoundError as error:
         raise FlagError(str(error)) from None
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        # A truncated, hand-edited or foreign file: say which file, whatever failed on it.
+        message = str(error) if data.INFO_FILENAME in str(error) else f"{info_path} is unusable: {error}"
+        raise FlagError(message) from None
+    malformed = _malformed_dataset_info(info)
+    if malformed:
+        raise FlagError(f"{info_path} is malformed ({malformed}); re-run data_tools.prepare")
     if os.path.isfile(os.path.join(FLAGS.model_dir, "config.json")):
-        with open(os.path.join(FLAGS.model_dir, "config.json"), encoding="utf-8") as f:
-            previous = json.load(f)
-        from amych_tf.spectral import FeatureConfig
-
-        try:
-            FeatureConfig.from_dict(previous["model"]["feature_config"]).check_compatible(
-                info.features, what=f"dataset {FLAGS.data_dir} and the model in {FLAGS.model_dir}")
-        except ValueError as error:
-            raise FlagError(str(error)) from None
+        _check_resumed_run(info)
     num_prototypes = FLAGS.num_prototypes or info.num_classes
     if FLAGS.model != "prototypes" and FLAGS.export_dir:
         raise FlagError("--export_dir exports PlayablePrototypes only (amych_tf.export); baselines are not served")
@@ -137,6 +139,10 @@ def check_flags(info_loader=None):
         raise FlagError(f"--train_frames={FLAGS.train_frames} must be a positive multiple of {multiple} (2^n_pools)")
     if FLAGS.batch_size < 1 or FLAGS.eval_batch_size < 1:
         raise FlagError("--batch_size and --eval_batch_size must be positive")
+    if not (0 < FLAGS.learning_rate < math.inf):
+        raise FlagError(f"--learning_rate must be positive and finite, got {FLAGS.learning_rate}")
+    if not (0 <= FLAGS.weight_decay < math.inf):
+        raise FlagError(f"--weight_decay must be >= 0 and finite, got {FLAGS.weight_decay}")
     if info.split_counts.get("train", 0) < FLAGS.batch_size:
         raise FlagError(
             f"the train split has {info.split_counts.get('train', 0)} examples, fewer than one batch "
@@ -144,7 +150,61 @@ def check_flags(info_loader=None):
         )
     if FLAGS.log_freq != "epoch" and not FLAGS.log_freq.isdigit():
         raise FlagError(f"--log_freq must be 'epoch' or a number of batches, got {FLAGS.log_freq!r}")
+    longest = _longest_train_clip(FLAGS.data_dir)
+    if longest is not None and FLAGS.train_frames > longest:
+        # Not an error: crops of clips shorter than --train_frames repeat the clip
+        # (data.crop_indices), the paper's tiling of short clips; but every crop then does.
+        logging.warning("--train_frames=%d is longer than every training clip (the longest has %d frames): "
+                        "every crop repeats (tiles) its clip to %d frames", FLAGS.train_frames, longest,
+                        FLAGS.train_frames)
     return info, num_prototypes
+
+
+def _malformed_dataset_info(info) -> str | None:
+    """What is wrong with the fields of a dataset_info.json that training reads, or None."""
+    if not isinstance(info.class_names, list) or not all(isinstance(name, str) for name in info.class_names):
+        return "class_names must be a list of strings"
+    for field in ("split_counts", "num_shards"):
+        values = getattr(info, field)
+        if not isinstance(values, dict) or not all(isinstance(count, int) and count >= 0
+                                                   for count in values.values()):
+            return f"{field} must map splits to non-negative integers"
+    return None
+
+
+def _check_resumed_run(info) -> None:
+    """A model_dir that holds a run already: its features and classes must be the dataset's."""
+    from amych_tf.spectral import FeatureConfig
+
+    with open(os.path.join(FLAGS.model_dir, "config.json"), encoding="utf-8") as f:
+        previous = json.load(f)
+    try:
+        FeatureConfig.from_dict(previous["model"]["feature_config"]).check_compatible(
+            info.features, what=f"dataset {FLAGS.data_dir} and the model in {FLAGS.model_dir}")
+    except ValueError as error:
+        raise FlagError(str(error)) from None
+    previous_classes = previous.get("dataset", {}).get("class_names")
+    if previous_classes is not None and previous_classes != info.class_names:
+        raise FlagError(
+            f"the run in {FLAGS.model_dir} was trained on other classes ({len(previous_classes)}) than dataset "
+            f"{FLAGS.data_dir} has ({info.num_classes}); use another --model_dir")
+
+
+def _longest_train_clip(data_dir: str) -> int | None:
+    """Frames of the longest train clip, from manifest.csv (None without one)."""
+    import csv
+
+    from amych_tf import data
+
+    path = os.path.join(data_dir, data.MANIFEST_FILENAME)
+    if not os.path.isfile(path):
+        return None
+    with open(path, newline="", encoding="utf-8") as f:
+        try:
+            frames = [int(row["num_frames"]) for row in csv.DictReader(f) if row["split"] == "train"]
+        except (KeyError, ValueError):  # a manifest of another format: nothing to warn about
+            return None
+    return max(frames, default=None)
 
 
 def make_strategy():
@@ -222,7 +282,7 @@ def run(info, num_prototypes) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from amych_tf import callbacks, data, evaluate, initialization
+    from amych_tf import callbacks, data, evaluate, initialization, resume
 
     strategy = make_strategy()
     out_dir = worker_dir(FLAGS.model_dir, strategy)
@@ -251,7 +311,7 @@ def run(info, num_prototypes) -> dict:
     checkpoints = os.path.join(out_dir, "checkpoints")
     os.makedirs(checkpoints, exist_ok=True)
     # Order matters at epoch end: the curriculum and reassignment change the model
-    # before BackupAndRestore and the checkpoints save it.
+    # before the checkpoints and the backup (last) save it.
     run_callbacks = [callbacks.NonFiniteGuard()]
     if playable and validation_data is not None and FLAGS.fidelity_freq > 0:
         run_callbacks.append(callbacks.FidelityMetrics(
@@ -270,7 +330,6 @@ def run(info, num_prototypes) -> dict:
         # training loss without a validation split) has not improved for --patience epochs.
         run_callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_loss" if validation_data is not None else "loss", patience=FLAGS.patience))
-    run_callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(out_dir, "backup")))
     if playable:
         run_callbacks.append(callbacks.TrainingScalars(os.path.join(out_dir, "logs", "train")))
     run_callbacks += [
@@ -291,6 +350,11 @@ def run(info, num_prototypes) -> dict:
             run_callbacks.append(callbacks.TensorBoardMedia(
                 os.path.join(out_dir, "logs", "media"), media_data, info, every_epochs=FLAGS.media_freq,
                 num_examples=FLAGS.media_examples))
+
+    backup = resume.TrainingBackup(os.path.join(out_dir, "backup"), tracked=[
+        callback for callback in run_callbacks
+        if isinstance(callback, (keras.callbacks.ModelCheckpoint, keras.callbacks.EarlyStopping))])
+    run_callbacks.append(backup)
 
     start = time.time()
     model.fit(train_data, epochs=FLAGS.epochs, validation_data=validation_data, shuffle=False,
@@ -319,6 +383,7 @@ def run(info, num_prototypes) -> dict:
         summary["clustering"] = {key: clusters[key] for key in (
             "overall_accuracy", "average_accuracy", "per_class_accuracy", "prototype_classes", "unused_prototypes")}
     evaluate.write_report(summary, os.path.join(out_dir, "metrics.json"), info.class_names)
+    backup.discard()  # kept until now: a kill during the evaluation resumes after training
     print(f"{evaluate.summary_line(summary)}, trained {train_seconds:.0f} s")
     if FLAGS.export_dir and is_chief(strategy) and playable:
         from amych_tf import export
@@ -343,9 +408,39 @@ def main(argv):
         from amych_tf.callbacks import NonFiniteLossError
 
         if isinstance(error, NonFiniteLossError):
-            print(f"error: {error}", file=sys.stderr)
+            print(f"error: {error} {_non_finite_data_report(info)}", file=sys.stderr)
             sys.exit(3)
         raise
+
+
+def _non_finite_data_report(info, shown: int = 5) -> str:
+    """Which stored examples hold NaN or Inf log-Mel values, read after a non-finite loss stopped training.
+
+    Decision: such an example stops the run (it is not skipped). data_tools.prepare
+    never writes one (it refuses audio with non-finite samples), so one means a
+    damaged or foreign dataset, to be prepared again; skipping it silently would
+    train on a dataset other than the one described by dataset_info.json. The scan
+    reads the whole dataset once, only on this failure path.
+    """
+    import tensorflow as tf
+
+    from amych_tf import data
+
+    def is_finite(record):
+        example = data.parse_example(record, num_mels=info.features.n_mels, storage_dtype=info.storage_dtype)
+        return example["path"], tf.reduce_all(tf.math.is_finite(example["log_mel"]))
+
+    found = []
+    for split in data.SPLITS:
+        if info.split_counts.get(split, 0):
+            records = tf.data.TFRecordDataset(info.shard_paths(FLAGS.data_dir, split))
+            for paths, finite in records.map(is_finite).batch(256).as_numpy_iterator():
+                found += [f"{path.decode()} ({split})" for path in paths[~finite]]
+    if not found:
+        return "Every stored log-Mel is finite: the optimisation diverged (lower --learning_rate)."
+    more = f" and {len(found) - shown} more" if len(found) > shown else ""
+    return (f"{len(found)} stored example(s) have NaN or Inf log-Mel values: {', '.join(found[:shown])}{more}; "
+            "prepare the dataset again (data_tools.prepare refuses non-finite audio).")
 
 
 def console_main():

@@ -21,6 +21,8 @@ Decisions:
 from __future__ import annotations
 
 import os
+import stat
+import struct
 from typing import NamedTuple
 
 import librosa
@@ -36,9 +38,9 @@ SILENCE_PEAK = 1e-5
 class UnusableAudio(Exception):
     """A source file that cannot become a clip.
 
-    `kind` is a short category ("cannot open", "empty file", "not readable
-    audio", "no samples", "non-finite samples", "silent"); `detail` adds what
-    was found. The exception pickles (its args are exactly (kind, detail)), so
+    `kind` is a short category ("cannot open", "not a regular file", "empty
+    file", "truncated", "not readable audio", "no samples", "non-finite
+    samples", "silent"); `detail` adds what was found. The exception pickles (its args are exactly (kind, detail)), so
     it crosses process boundaries unchanged.
     """
 
@@ -63,13 +65,47 @@ def is_audio_filename(name: str) -> bool:
     return name.lower().endswith(AUDIO_EXTENSIONS)
 
 
+def _wav_shortfall(handle) -> str | None:
+    """For a RIFF/WAVE file whose data chunk is shorter than its header declares, what is missing.
+
+    libsndfile reads such a file without complaint, as the samples that are there:
+    a download or copy cut short would become a clip missing its end, so it is
+    reported instead. A size of 0xFFFFFFFF (written by streaming writers that
+    cannot seek back) declares nothing. Leaves `handle` at its start.
+    """
+    size = os.fstat(handle.fileno()).st_size
+    header = handle.read(12)
+    position, shortfall = 12, None
+    if len(header) == 12 and header[:4] == b"RIFF" and header[8:] == b"WAVE":
+        while position + 8 <= size:
+            handle.seek(position)
+            chunk_id, chunk_size = struct.unpack("<4sI", handle.read(8))
+            if chunk_id == b"data":
+                present = size - position - 8
+                if chunk_size != 0xFFFFFFFF and chunk_size > present:
+                    shortfall = f"data chunk of {chunk_size} bytes declared, {present} present"
+                break
+            position += 8 + chunk_size + (chunk_size & 1)  # chunks are padded to an even size
+    handle.seek(0)
+    return shortfall
+
+
 def read_audio(path: str) -> tuple[np.ndarray, int]:
     """Decode a file to float32 samples [frames, channels] and its sample rate.
 
     Raises:
-      UnusableAudio: the path cannot be opened (permissions, dangling link),
-        the file is empty, or libsndfile cannot decode it (not audio, corrupt).
+      UnusableAudio: the path cannot be opened (permissions, dangling link,
+        a directory), is not a regular file (a named pipe, a device), the
+        file is empty, a WAV file is cut short, or libsndfile cannot decode
+        it (not audio, corrupt).
     """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = None  # open() below says why
+    # Checked before opening: opening a named pipe waits for a writer, forever.
+    if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise UnusableAudio("not a regular file", "a named pipe" if stat.S_ISFIFO(mode) else "a device or socket")
     try:
         handle = open(path, "rb")
     except OSError as error:
@@ -77,6 +113,9 @@ def read_audio(path: str) -> tuple[np.ndarray, int]:
     with handle:
         if os.fstat(handle.fileno()).st_size == 0:
             raise UnusableAudio("empty file", "0 bytes")
+        shortfall = _wav_shortfall(handle)
+        if shortfall:
+            raise UnusableAudio("truncated", shortfall)
         try:
             samples, sample_rate = soundfile.read(handle, dtype="float32", always_2d=True)
         except soundfile.LibsndfileError as error:

@@ -73,6 +73,11 @@ CLIPS_IN_FLIGHT_PER_WORKER = 4
 # Files per header-reading task when ranking speakers (small results, so batch them).
 HEADER_PATHS_PER_TASK = 256
 _SHARD_NAME = re.compile(r"^(%s)-(\d+)-of-(\d+)\.tfrecord$" % "|".join(data.SPLITS))
+# DatasetWriter's temporary files, suffixed with the writing process's id.
+_TEMP_NAME = re.compile(
+    r"^(?:(?:%s)-\d{5}\.tfrecord|%s|%s)\.tmp-(\d+)$"
+    % ("|".join(data.SPLITS), re.escape(data.MANIFEST_FILENAME), re.escape(data.SKIPPED_FILENAME))
+)
 
 
 class PrepareError(Exception):
@@ -252,14 +257,20 @@ class DatasetWriter:
     """Writes a prepared dataset directory; nothing appears under its final name before it is complete.
 
     Shards are written as `<split>-<index>.tfrecord.tmp-<pid>` (their final names
-    carry the shard count, known only at the end). `commit` renames them to
+    carry the shard count, known only at the end). `commit` first deletes the
+    dataset_info.json of an earlier run, then renames the shards to
     `data.shard_filename(...)`, writes manifest.csv and skipped.csv through temp
     files, dataset_info.json last (readers check it), and only then deletes the
-    shards of an earlier run that this run did not produce. `discard` (call it
-    in a `finally`) closes and deletes whatever temp files are left.
+    shards of an earlier run that this run did not produce. So a process killed
+    at any point leaves either the earlier dataset whole or no dataset_info.json
+    (readers refuse the directory), never an info file over shards of another
+    run. `discard` (call it in a `finally`) closes and deletes whatever temp
+    files are left; the temp files of a killed run are deleted by the next
+    writer of the directory.
     """
 
     def __init__(self, out_dir: str, shard_size: int):
+        _remove_files_of_dead_writers(out_dir)
         self.out_dir = out_dir
         self.shard_size = shard_size
         self._temp_suffix = f".tmp-{os.getpid()}"
@@ -303,6 +314,10 @@ class DatasetWriter:
     def commit(self, info: data.DatasetInfo, manifest_rows: list[tuple], skipped_rows: list[tuple]) -> None:
         for split in data.SPLITS:
             self._close(split)
+        # From here until the new dataset_info.json is in place the directory is no
+        # dataset: shards renamed below may replace those the earlier info lists.
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(self.out_dir, data.INFO_FILENAME))
         final_names = set()
         for split, temps in self._shards.items():
             for index, temp in enumerate(temps):
@@ -325,6 +340,27 @@ class DatasetWriter:
         for path in self._temp_paths:
             if os.path.exists(path):
                 os.remove(path)
+
+
+def _remove_files_of_dead_writers(out_dir: str) -> None:
+    """Delete the temp files that a DatasetWriter killed in `out_dir` (e.g. SIGKILL) could not discard."""
+    if not os.path.isdir(out_dir):
+        return
+    for name in os.listdir(out_dir):
+        match = _TEMP_NAME.match(name)
+        dead = match and not _is_running(int(match[1]))
+        if dead or name == data.INFO_FILENAME + ".tmp":  # DatasetInfo.save's temp, renamed at once when complete
+            os.remove(os.path.join(out_dir, name))
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _versions() -> dict[str, str]:

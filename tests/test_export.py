@@ -38,17 +38,26 @@ SERVE_WITHOUT_AMYCH_TF = textwrap.dedent("""
             outputs[f"{signature}/{name}/{key}"] = value.astype("S") if value.dtype == object else value
     np.savez(outputs_path, **outputs)
 
-    errors = {}
-    for case, signature, argument in [
-            ("rank1", "serving_default", "waveform"), ("rank3", "serving_default", "waveform"),
-            ("empty", "serving_default", "waveform"), ("too_short", "serving_default", "waveform"),
-            ("nan", "serving_default", "waveform"), ("inf", "explain", "waveform"),
-            ("wrong_mels", "classify_logmel", "log_mel"), ("no_frames", "classify_logmel", "log_mel")]:
-        try:
-            loaded.signatures[signature](**{argument: tf.constant(inputs["bad_" + case])})
-            errors[case] = None
-        except Exception as error:
-            errors[case] = [type(error).__name__, str(error)]
+    # Every bad input of its argument to every signature, each followed by a good request,
+    # which must get the answer it got before; then a batch of 64 clips of 10 s.
+    errors, answers_after, large_batch = {}, {}, {}
+    for signature, argument, good in [("serving_default", "waveform", "long"), ("explain", "waveform", "long"),
+                                      ("classify_logmel", "log_mel", "logmel")]:
+        function = loaded.signatures[signature]
+        reference = function(**{argument: tf.constant(inputs[good])})["prototype"].numpy()
+        for name in sorted(inputs):
+            if not name.startswith(f"bad_{argument}/"):
+                continue
+            case = name.split("/")[1]
+            try:
+                function(**{argument: tf.constant(inputs[name])})
+                errors[f"{signature}/{case}"] = None
+            except Exception as error:
+                errors[f"{signature}/{case}"] = [type(error).__name__, str(error)]
+            answer = function(**{argument: tf.constant(inputs[good])})["prototype"].numpy()
+            answers_after[f"{signature}/{case}"] = answer.tolist() == reference.tolist()
+        result = function(**{argument: tf.constant(inputs[f"large_{argument}"])})
+        large_batch[signature] = {key: list(value.shape) for key, value in result.items()}
 
     warmup = []
     path = model_path + "/assets.extra/tf_serving_warmup_requests"
@@ -58,7 +67,7 @@ SERVE_WITHOUT_AMYCH_TF = textwrap.dedent("""
         arguments = {k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()}
         result = loaded.signatures[request.model_spec.signature_name](**arguments)
         warmup.append([request.model_spec.signature_name, sorted(result)])
-    print(json.dumps({"errors": errors, "warmup": warmup}))
+    print(json.dumps({"errors": errors, "answers_after": answers_after, "large_batch": large_batch, "warmup": warmup}))
 """)
 
 
@@ -93,17 +102,36 @@ def test_exported_model_serves_without_amych_tf(tmp_path):
     long = np.stack([harmonic_tone(f0, 16000, seconds=1.0) for f0 in (220.0, 330.0)])
     long += 0.01 * rng.standard_normal(long.shape).astype(np.float32)
     short = harmonic_tone(440.0, 16000, seconds=0.125)[None]  # 2000 samples < 16 frames: tiled
-    bad = {
-        "rank1": long[0], "rank3": long[:, None, :], "empty": np.zeros((0, 16000), np.float32),
-        "too_short": np.zeros((1, FEATURES.n_fft - 1), np.float32),
-        "nan": np.where(np.arange(16000) == 5, np.nan, long[:1]).astype(np.float32),
-        "inf": np.where(np.arange(16000) == 5, np.inf, long[:1]).astype(np.float32),
-        "wrong_mels": np.zeros((1, 32, FEATURES.n_mels + 1), np.float32),
-        "no_frames": np.zeros((1, 0, FEATURES.n_mels), np.float32),
-    }
     logmel_input = spectral.log_mel(long, FEATURES).numpy()[:, :37]  # not a multiple of 16: padded
+    bad = {  # what each signature's argument must refuse with InvalidArgument, and the message saying why
+        "waveform": {
+            "rank1": (long[0], "waveform must be float32 [batch, samples]"),
+            "rank3": (long[:, None, :], "waveform must be float32 [batch, samples]"),
+            "float64": (long.astype(np.float64), "expected to be a float tensor"),
+            "int32": (long.astype(np.int32), "expected to be a float tensor"),
+            "empty": (np.zeros((0, 16000), np.float32), "empty batch"),
+            "ten_samples": (long[:, :10], "audio too short: at least 1024 samples"),
+            "too_short": (np.zeros((1, FEATURES.n_fft - 1), np.float32), "audio too short: at least 1024 samples"),
+            "nan": (np.where(np.arange(16000) == 5, np.nan, long[:1]), "waveform has NaN or Inf values"),
+            "inf": (np.where(np.arange(16000) == 5, -np.inf, long[:1]), "waveform has NaN or Inf values"),
+        },
+        "log_mel": {
+            "rank2": (logmel_input[0], f"log_mel must be float32 [batch, frames, {FEATURES.n_mels}]"),
+            "rank4": (logmel_input[..., None], f"log_mel must be float32 [batch, frames, {FEATURES.n_mels}]"),
+            "float64": (logmel_input.astype(np.float64), "expected to be a float tensor"),
+            "empty": (np.zeros((0, 32, FEATURES.n_mels), np.float32), "empty batch"),
+            "wrong_mels": (np.zeros((1, 32, FEATURES.n_mels + 1), np.float32),
+                           f"log_mel must have {FEATURES.n_mels} mel bins"),
+            "no_frames": (np.zeros((1, 0, FEATURES.n_mels), np.float32), "log_mel has no frames"),
+            "nan": (np.where(np.arange(37)[:, None] == 5, np.nan, logmel_input), "log_mel has NaN or Inf values"),
+            "inf": (np.where(np.arange(37)[:, None] == 5, np.inf, logmel_input), "log_mel has NaN or Inf values"),
+        },
+    }
+    large = {"waveform": np.tile(long[:1], (64, 10)), "log_mel": np.tile(logmel_input[:1], (64, 17, 1))}  # 10 s
     np.savez(tmp_path / "inputs.npz", long=long, short=short, logmel=logmel_input,
-             **{f"bad_{k}": v.astype(np.float32) for k, v in bad.items()})
+             **{f"bad_{argument}/{case}": value for argument, cases in bad.items()
+                for case, (value, _) in cases.items()},
+             **{f"large_{argument}": value for argument, value in large.items()})
     served = subprocess.run(
         [sys.executable, "-c", SERVE_WITHOUT_AMYCH_TF, version_dir, str(tmp_path / "inputs.npz"),
          str(tmp_path / "outputs.npz")], capture_output=True, text=True, cwd=str(tmp_path), timeout=300)
@@ -142,16 +170,20 @@ def test_exported_model_serves_without_amych_tf(tmp_path):
                                    rtol=1e-4, atol=1e-5, err_msg=name)
     np.testing.assert_allclose(outputs["explain/long/prototype_spectrum"], model.prototypes.numpy()[winner])
 
-    messages = {
-        "rank1": "waveform must be float32 [batch, samples]", "rank3": "waveform must be float32 [batch, samples]",
-        "empty": "empty batch", "too_short": "audio too short: at least 1024 samples",
-        "nan": "waveform has NaN or Inf values", "inf": "waveform has NaN or Inf values",
-        "wrong_mels": f"log_mel must have {FEATURES.n_mels} mel bins", "no_frames": "log_mel has no frames",
-    }
-    for case, message in messages.items():
-        assert report["errors"][case] is not None, f"{case} was accepted"
-        kind, text = report["errors"][case]
-        assert kind == "InvalidArgumentError" and message in text, (case, kind, text)
+    # Bad requests: InvalidArgument saying why (a wrong dtype is refused before the graph runs),
+    # and the loaded model answers the next good request as before.
+    for signature, argument in [("serving_default", "waveform"), ("explain", "waveform"),
+                                ("classify_logmel", "log_mel")]:
+        for case, (_, message) in bad[argument].items():
+            key = f"{signature}/{case}"
+            assert report["errors"][key] is not None, f"{key} was accepted"
+            kind, text = report["errors"][key]
+            assert kind == "InvalidArgumentError" and message in text, (key, kind, text)
+            assert report["answers_after"][key], f"a good request after {key} got another answer"
+    # 64 clips of 10 s: answered (622 frames each).
+    assert report["large_batch"]["serving_default"]["probabilities"] == [64, 3]
+    assert report["large_batch"]["explain"]["reconstruction"] == [64, FEATURES.num_frames(160000), FEATURES.n_mels]
+    assert report["large_batch"]["classify_logmel"]["rec_errors"] == [64, 3]
 
     assert [signature for signature, _ in report["warmup"]] == list(export.SIGNATURES)
     assert report["warmup"][0][1] == ["class_id", "class_name", "probabilities", "prototype", "rec_errors"]

@@ -3,11 +3,11 @@
 import glob
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -16,7 +16,7 @@ from absl.testing import flagsaver
 
 from helpers import class_coded_log_mel, make_prepared_dir
 
-from amych_tf import callbacks, train
+from amych_tf import callbacks, data, resume, train
 
 FLAGS = flags.FLAGS
 train.define_flags()
@@ -74,6 +74,49 @@ def test_bad_flags_fail_with_clear_messages(tiny_data, tmp_path):
         json.dump({"model": {"feature_config": {"sample_rate": 44100, "n_fft": 2048, "hop_length": 512,
                                                 "n_mels": 128, "power": 2.0}}}, f)
     assert "sample_rate" in check_flags_error(**train_flags(tiny_data, model_dir))
+
+
+def test_inconsistent_options_are_refused_before_any_work(tiny_data, tmp_path, monkeypatch):
+    model_dir = str(tmp_path / "run")
+    assert "--batch_size and --eval_batch_size must be positive" in check_flags_error(
+        **train_flags(tiny_data, model_dir, batch_size=0))
+    for rate in (-1e-3, 0.0, float("nan")):
+        assert "--learning_rate must be positive and finite" in check_flags_error(
+            **train_flags(tiny_data, model_dir, learning_rate=rate))
+    assert "--weight_decay must be >= 0" in check_flags_error(**train_flags(tiny_data, model_dir, weight_decay=-1.0))
+
+    # dataset_info.json truncated, of the wrong shape or with fields of the wrong type: one line naming the file.
+    with open(os.path.join(tiny_data, "dataset_info.json")) as f:
+        good = f.read()
+    info = json.loads(good)
+    broken = {"truncated": good[: len(good) // 2], "not an object": '"x"', "binary": b"\xff\xfe\x00",
+              "split_counts a list": json.dumps({**info, "split_counts": [24, 3, 6]}),
+              "class_names a number": json.dumps({**info, "class_names": 3}),
+              "num_shards a string": json.dumps({**info, "num_shards": {"train": "6"}})}
+    for case, content in broken.items():
+        corrupt_dir = tmp_path / "corrupt"
+        shutil.copytree(tiny_data, corrupt_dir, dirs_exist_ok=True)
+        (corrupt_dir / "dataset_info.json").write_bytes(content if isinstance(content, bytes) else content.encode())
+        message = check_flags_error(**train_flags(str(corrupt_dir), model_dir))
+        assert str(corrupt_dir / "dataset_info.json") in message, (case, message)
+    assert not os.path.exists(model_dir)  # nothing was started
+
+    # Resuming a run on a dataset with other classes (same features) is refused too.
+    os.makedirs(model_dir)
+    with open(os.path.join(model_dir, "config.json"), "w") as f:
+        json.dump({"model": {"feature_config": info["features"]},
+                   "dataset": {"class_names": ["class0", "class1", "other"]}}, f)
+    assert "trained on other classes" in check_flags_error(**train_flags(tiny_data, model_dir))
+
+    # Crops longer than every clip are not an error: clips are tiled, and the log says so.
+    warnings = []
+    monkeypatch.setattr(train.logging, "warning", lambda message, *args: warnings.append(message % args))
+    FLAGS.unparse_flags()
+    FLAGS(["train"])
+    with flagsaver.flagsaver(**train_flags(tiny_data, str(tmp_path / "long"), train_frames=64)):
+        train.check_flags()
+    assert warnings == ["--train_frames=64 is longer than every training clip (the longest has 46 frames): "
+                        "every crop repeats (tiles) its clip to 64 frames"]
 
 
 def test_command_line_error_is_one_line_and_exit_status_2(tmp_path):
@@ -156,7 +199,7 @@ def test_killed_run_resumes_in_the_same_stage_with_the_same_step_count(tiny_data
     # patience 0: a new curriculum stage every epoch, so the stage at the kill is known.
     values = train_flags(tiny_data, model_dir, epochs=6, media_freq=0, patience=0)
     seen = {}
-    original_epoch_end = keras.callbacks.BackupAndRestore.on_epoch_end
+    original_epoch_end = resume.TrainingBackup.on_epoch_end
 
     def backup_then_die(self, epoch, logs=None):
         original_epoch_end(self, epoch, logs)
@@ -166,17 +209,17 @@ def test_killed_run_resumes_in_the_same_stage_with_the_same_step_count(tiny_data
             seen["prototypes"] = np.array(self.model.prototypes.numpy())
             raise Interrupt()
 
-    monkeypatch.setattr(keras.callbacks.BackupAndRestore, "on_epoch_end", backup_then_die)
+    monkeypatch.setattr(resume.TrainingBackup, "on_epoch_end", backup_then_die)
     with pytest.raises(Interrupt):
         run_training(**values)
-    monkeypatch.setattr(keras.callbacks.BackupAndRestore, "on_epoch_end", original_epoch_end)
+    monkeypatch.setattr(resume.TrainingBackup, "on_epoch_end", original_epoch_end)
     assert seen["state"][callbacks.STAGE] == 3  # raw -> gain -> pitch -> filters
 
     resumed = {}
     original_epoch_begin = callbacks.Curriculum.on_epoch_begin
 
     def record(self, epoch, logs=None):
-        if not resumed:  # the first epoch of the resumed run, after BackupAndRestore's restore
+        if not resumed:  # the first epoch of the resumed run, after TrainingBackup's restore
             resumed.update(epoch=epoch, state=np.array(self.model.curriculum_state.numpy()),
                            iterations=int(self.model.optimizer.iterations.numpy()),
                            prototypes=np.array(self.model.prototypes.numpy()))
@@ -306,18 +349,32 @@ def test_unsupervised_run_maps_clusters_to_classes_and_exports(tiny_data, tmp_pa
     assert result["class_id"].numpy().tolist() == [summary["prototype_classes"][k] for k in winners]
 
 
-def test_non_finite_loss_stops_before_anything_is_saved(tmp_path):
-    def with_a_nan(clip_index, num_frames, num_mels):
+def test_non_finite_data_stops_training_naming_the_examples_before_anything_is_saved(tiny_data, tmp_path, capsys):
+    def with_non_finite_values(clip_index, num_frames, num_mels):
         log_mel = class_coded_log_mel(clip_index, num_frames, num_mels)
         if clip_index == 5:
-            log_mel[:, 7] = np.nan  # in every frame, so that every training crop has it
+            log_mel[:, 7] = np.nan  # in every frame (every training crop has it), train and test splits
         return log_mel
 
     data_dir = str(tmp_path / "prepared")
-    make_prepared_dir(data_dir, {"train": [40] * 16, "validation": [40] * 3, "test": [40] * 3},
-                      num_mels=NUM_MELS, num_classes=NUM_CLASSES, spectrogram=with_a_nan)
+    make_prepared_dir(data_dir, {"train": [40] * 16, "validation": [40] * 3, "test": [40] * 6},
+                      num_mels=NUM_MELS, num_classes=NUM_CLASSES, spectrogram=with_non_finite_values)
     model_dir = str(tmp_path / "run")
-    with pytest.raises(callbacks.NonFiniteLossError, match="loss became nan"):
-        run_training(**train_flags(data_dir, model_dir, batch_size=16, epochs=2, media_freq=0, augment=False))
-    assert not glob.glob(os.path.join(model_dir, "checkpoints", "*.h5"))
+    FLAGS.unparse_flags()
+    FLAGS(["train"])
+    with flagsaver.flagsaver(**train_flags(data_dir, model_dir, batch_size=16, epochs=2, media_freq=0,
+                                           augment=False)):
+        with pytest.raises(SystemExit) as stopped:
+            train.main(["train"])
+    assert stopped.value.code == 3
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "loss became nan" in lines[0], lines
+    assert ("2 stored example(s) have NaN or Inf log-Mel values: train/clip-0005.wav (train), "
+            "test/clip-0005.wav (test); prepare the dataset again") in lines[0]
+    assert not glob.glob(os.path.join(model_dir, "checkpoints", "*.h5"))  # no NaN prototypes saved
+    assert not glob.glob(os.path.join(model_dir, "backup", "*"))
     assert not os.path.exists(os.path.join(model_dir, "metrics.json"))
+    # Finite data: the message blames the optimisation instead.
+    with flagsaver.flagsaver(data_dir=tiny_data):
+        report = train._non_finite_data_report(data.load_dataset_info(tiny_data))
+    assert report == "Every stored log-Mel is finite: the optimisation diverged (lower --learning_rate)."
