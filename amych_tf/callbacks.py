@@ -11,7 +11,8 @@ encoder rise linearly from 0.001x over `warmup_steps` batches; decoders whose
 stage has not come have learning-rate scale 0 (they neither learn nor decay).
 
 The curriculum's state lives in a non-trainable weight of the model
-(`curriculum_state`), so every checkpoint, including BackupAndRestore's,
+(`curriculum_state`), so every checkpoint, including the training backup's
+(`amych_tf.resume.TrainingBackup`),
 carries it, and a resumed run continues in the same stage.
 """
 
@@ -139,10 +140,10 @@ class Curriculum(keras.callbacks.Callback):
         self.model.optimizer.set_group_scale("encoder", warm)
 
     def on_epoch_begin(self, epoch, logs=None):
-        # Not on_train_begin: this callback must come *before* BackupAndRestore
-        # (so that an epoch's stage decision is in that epoch's backup), and
-        # BackupAndRestore restores the weights, curriculum_state included, in
-        # its own on_train_begin. By the first epoch's start both have run.
+        # Not on_train_begin: this callback must come *before* the training backup
+        # (amych_tf.resume.TrainingBackup, so that an epoch's stage decision is in that
+        # epoch's backup), and the backup restores the weights, curriculum_state
+        # included, in its own on_train_begin. By the first epoch's start both have run.
         state = self._state()
         self._apply_stage(int(state[STAGE]), state[WARMUP])
 
