@@ -12,8 +12,8 @@ stage has not come have learning-rate scale 0 (they neither learn nor decay).
 
 The curriculum's state lives in a non-trainable weight of the model
 (`curriculum_state`), so every checkpoint, including the training backup's
-(`amych_tf.resume.TrainingBackup`),
-carries it, and a resumed run continues in the same stage.
+(`amych_tf.resume.TrainingBackup`), carries it, and a resumed run continues in
+the same stage.
 """
 
 from __future__ import annotations

@@ -299,8 +299,10 @@ def write_report(summary: dict, output: str, class_names) -> None:
         json.dump(summary, f, indent=2)
     os.replace(tmp, output)
     figure = plots.confusion_figure(summary["confusion_matrix"], class_names)
-    with open(os.path.splitext(output)[0] + ".png", "wb") as f:
+    png = os.path.splitext(output)[0] + ".png"
+    with open(png + ".tmp", "wb") as f:  # written then renamed: a kill leaves no half-written PNG
         f.write(plots.figure_to_png(figure))
+    os.replace(png + ".tmp", png)
 
 
 def fidelity_line(fidelity: dict) -> str:
