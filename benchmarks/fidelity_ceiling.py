@@ -9,8 +9,10 @@ closest to the frame's is kept. The fine structure explained by those
 best-shifted prototypes is the ceiling the prototypes allow when the pitch
 decoder is exact (gain and filters are smooth in frequency and add no fine
 structure). Prints JSON: the model's own `fine_structure_explained`, the
-`ceiling`, and the median distance in semitones between the model's per-frame
-shift and the best one (`median_shift_error_semitones`).
+`ceiling`, the median distance in semitones between the model's per-frame
+shift and the best one (`median_shift_error_semitones`), and the fine structure
+explained when each clip's shift is held at its median over the clip
+(`steady_shift`: is frame-to-frame jitter what costs?).
 """
 
 from __future__ import annotations
@@ -45,11 +47,19 @@ def main(argv):
     shifted_fine = [metrics.fine_structure(transforms.pitch_shift(
         np.repeat(prototypes[k][None], len(grid), 0), ratios, model.mel_values).numpy()) for k in
         range(model.num_prototypes)]  # each [G, F]
-    own, ceiling, shift_errors = metrics.FineStructureExplained(), metrics.FineStructureExplained(), []
+    own, ceiling, steady, shift_errors = (metrics.FineStructureExplained(), metrics.FineStructureExplained(),
+                                          metrics.FineStructureExplained(), [])
     for features, _ in data.evaluation_dataset(data_dir, FLAGS.split, batch_size=32, info=info):
         outputs = {name: value.numpy() for name, value in model.explain_winner(features).items()}
         log_mel, mask = features["log_mel"].numpy(), features["mask"].numpy()
         own.update(log_mel, outputs["reconstruction"], mask)
+        log_ratio = np.where(mask > 0, np.log(outputs["pitch_ratio"]), np.nan)
+        steady_ratio = np.broadcast_to(np.exp(np.nanmedian(log_ratio, axis=1, keepdims=True)), log_ratio.shape)
+        steady.update(log_mel, transforms.transform(
+            prototypes[outputs["winner"]][:, None, :], gain_db=outputs["gain"],
+            pitch_ratio=steady_ratio.astype(np.float32), low_slope=outputs["low_slope"],
+            low_cutoff=outputs["low_cutoff"], high_slope=outputs["high_slope"], high_cutoff=outputs["high_cutoff"],
+            mel_values=model.mel_values).numpy(), mask)
         for i, winner in enumerate(outputs["winner"]):
             frames = int(mask[i].sum())
             fine = metrics.fine_structure(log_mel[i, :frames])  # [T, F]
@@ -60,7 +70,7 @@ def main(argv):
             model_shift = 12.0 * np.log2(outputs["pitch_ratio"][i, :frames])
             shift_errors.append(np.abs(model_shift - grid[best]))
     json.dump({"model_dir": FLAGS.model_dir, "split": FLAGS.split,
-               "fine_structure_explained": own.result(), "ceiling": ceiling.result(),
+               "fine_structure_explained": own.result(), "ceiling": ceiling.result(), "steady_shift": steady.result(),
                "median_shift_error_semitones": float(np.median(np.concatenate(shift_errors)))},
               sys.stdout, indent=2)
     print()
