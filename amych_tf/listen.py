@@ -271,28 +271,38 @@ def input_log_mel(path: str, config, multiple_of: int = 16):
 
 
 def listen_to_input(model, path: str, out_dir: str, n_iter: int = 64) -> dict:
-    """WAVs and figures of one input; returns {"winner", "rec_errors", "directory"}."""
+    """WAVs and figures of one audio file; returns {"winner", "rec_errors", "directory"}."""
+    log_mel, frames = input_log_mel(path, model.feature_config, 2**model.n_pools)
+    return listen_to_log_mel(model, log_mel, frames, input_directory(out_dir, path),
+                             input_title(path, model.class_names), class_from_path(path, model.class_names), n_iter)
+
+
+def listen_to_log_mel(model, log_mel, frames: int, directory: str, title: str, true_class: str | None = None,
+                      n_iter: int = 64) -> dict:
+    """WAVs and figures of one log-Mel [T, F] (T a multiple of 2 ** n_pools, `frames` of them real)
+    written to `directory`; `true_class` (a prototype's name) is framed red in grid.png when it loses.
+
+    Returns {"winner", "rec_errors", "directory"}.
+    """
     import numpy as np
     import tensorflow as tf
 
     from amych_tf import plots
 
     config, names = model.feature_config, prototype_names(model)
-    log_mel, frames = input_log_mel(path, config, 2**model.n_pools)
     mask = (np.arange(log_mel.shape[0]) < frames).astype(np.float32)
     outputs = model({"log_mel": tf.constant(log_mel[None]), "mask": tf.constant(mask[None])},
                     training=False, return_details=True)
     rec_errors = outputs["rec_errors"].numpy()[0]
     winner = int(rec_errors.argmin())
     reconstructions = outputs["reconstructions"].numpy()[0, :frames].transpose(1, 0, 2)  # [K, T, F]
-    directory = input_directory(out_dir, path)
+    os.makedirs(directory, exist_ok=True)
     write_wav(os.path.join(directory, "input.wav"), to_audio(log_mel[:frames], config, n_iter), config.sample_rate)
     audio = to_audio(reconstructions, config, n_iter)
     write_wav(os.path.join(directory, f"winner-{winner}-{safe_name(names[winner])}.wav"), audio[winner],
               config.sample_rate)
     for k in range(len(reconstructions)):
         write_wav(os.path.join(directory, f"prototype-{k}-{safe_name(names[k])}.wav"), audio[k], config.sample_rate)
-    title, true_class = input_title(path, model.class_names), class_from_path(path, model.class_names)
     parameters = {name: outputs[name].numpy()[0, :frames, winner] for name in plots.PARAMETER_NAMES}
     figures = {
         "explanation.png": plots.winner_explanation(
