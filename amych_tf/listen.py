@@ -64,6 +64,11 @@ def define_flags() -> None:
     flags.DEFINE_list("inputs", [], "Audio files to reconstruct with every prototype.")
     flags.DEFINE_float("seconds", 1.0, "Length of each prototype's WAV.")
     flags.DEFINE_integer("griffin_lim_iters", 64, "Griffin-Lim iterations.")
+    flags.DEFINE_boolean("html", False, "Write the listening page (index.html and its files) to --out_dir "
+                         "(default: <model_dir>/listen).")
+    flags.DEFINE_integer("examples", 6, "Test clips on the listening page (the wrong ones first, up to half).")
+    flags.DEFINE_string("audio_dir", None, "The dataset's audio directory (its manifest's paths are relative to "
+                        "it): the listening page then also plays each example's original recording.")
 
 
 def safe_name(name: str) -> str:
@@ -323,10 +328,22 @@ def main(argv):
     from data_tools import audio
 
     try:
+        if FLAGS.html and FLAGS.model_dir and not FLAGS.out_dir:
+            FLAGS.out_dir = os.path.join(FLAGS.model_dir, "listen")
         if not FLAGS.model_dir or not FLAGS.out_dir:
             raise evaluate.EvaluationError("--model_dir and --out_dir are required")
         model, config = evaluate.load_model(FLAGS.model_dir, FLAGS.checkpoint)
         data_dir = FLAGS.data_dir or config["dataset"]["data_dir"]
+        if FLAGS.html:
+            from amych_tf import listen_page
+
+            if not os.path.isfile(os.path.join(data_dir, "dataset_info.json")):
+                raise evaluate.EvaluationError(f"no dataset at {data_dir!r}: the listening page shows its test "
+                                               "split (give --data_dir)")
+            page = listen_page.write_page(model, config, FLAGS.model_dir, data_dir, FLAGS.out_dir, FLAGS.examples,
+                                          FLAGS.audio_dir, FLAGS.eval_batch_size, FLAGS.griffin_lim_iters)
+            print(f"listening page -> {page}")
+            return
         if hasattr(model, "decode_prototypes"):
             if FLAGS.inputs:
                 raise evaluate.EvaluationError("--inputs: APNet does not reconstruct inputs from its prototypes")
