@@ -192,14 +192,20 @@ def collect_test_clips(model, data_dir: str, info, batch_size: int) -> dict:
     return {key: value[order] for key, value in clips.items()}
 
 
-def choose_examples(correct, count: int):
+def choose_examples(correct, labels, count: int):
     """Indices of up to `count` clips: wrong ones first (up to half, or more when correct ones run out),
-    then correct ones, each group in file order."""
+    then correct ones; each group takes one clip of each class in turn, so the examples cover the classes."""
     import numpy as np
+
+    def one_class_at_a_time(indices):
+        rank = np.zeros(len(indices), int)
+        for label in np.unique(labels[indices]):
+            rank[labels[indices] == label] = np.arange(np.sum(labels[indices] == label))
+        return list(indices[np.lexsort((labels[indices], rank))])
 
     wrong, right = np.flatnonzero(~correct), np.flatnonzero(correct)
     num_wrong = min(len(wrong), max(count - len(right), -(-count // 2)))
-    return list(wrong[:num_wrong]) + list(right[:count - num_wrong])
+    return one_class_at_a_time(wrong)[:num_wrong] + one_class_at_a_time(right)[:count - num_wrong]
 
 
 def clip_log_mels(data_dir: str, info, clip_indices, multiple_of: int) -> dict:
@@ -295,7 +301,7 @@ def write_page(model, config: dict, model_dir: str, data_dir: str, out_dir: str,
         averages = listen.listen_to_class_averages(model, data_dir, out_dir, batch_size, model_dir)
         sections.append(f"<figure>{image(averages, out_dir, 'Each prototype beside the average spectrum of its class')}"
                         "<figcaption>Prototypes and their class's average training spectrum</figcaption></figure>")
-        chosen = choose_examples(classes[winners] == clips["label"], examples)
+        chosen = choose_examples(classes[winners] == clips["label"], clips["label"], examples)
         sections.append(examples_section(model, data_dir, info, clips, classes, chosen, out_dir, audio_dir, n_iter))
     title = f"Listening page: {os.path.basename(os.path.abspath(model_dir))}"
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'

@@ -110,3 +110,11 @@ def test_page_loads_in_a_headless_browser(page):
     assert widths and all(width > 0 for _, width in widths), widths
     assert len(durations) == 11, durations
     assert all(0 < duration < np.inf for _, duration in durations), durations
+
+
+def test_examples_are_wrong_clips_first_then_correct_ones_one_class_at_a_time():
+    labels = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    correct = np.array([1, 0, 1, 1, 1, 0, 1, 1, 1], bool)
+    assert listen_page.choose_examples(correct, labels, 5) == [1, 5, 0, 3, 6]
+    assert listen_page.choose_examples(correct, labels, 2) == [1, 0]  # half of them wrong
+    assert listen_page.choose_examples(np.ones(9, bool), labels, 4) == [0, 3, 6, 1]  # no wrong clips
