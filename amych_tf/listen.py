@@ -1,6 +1,10 @@
 r"""Listen to a trained model: its prototypes, and how they reconstruct your audio.
 
     python -m amych_tf.listen --model_dir=runs/sol_sup --out_dir=listen/ [--inputs a.wav,b.flac]
+    python -m amych_tf.listen --model_dir=runs/sol_sup --html [--examples 6 --audio_dir=audio/sol]
+
+--html writes the listening page instead (amych_tf.listen_page): index.html in
+--out_dir (default <model_dir>/listen) with every file it links beside it.
 
 Writes (WAVs at the model's sample rate, 16-bit; spectrograms rendered to sound
 with the inverse front end, `amych_tf.spectral.inverse_log_mel`):
