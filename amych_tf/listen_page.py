@@ -29,6 +29,7 @@ th, td { border: 1px solid #bbb; padding: 0.25em 0.6em; text-align: left; vertic
 figure { display: inline-block; margin: 0.4em; vertical-align: top; }
 figcaption { font-size: 0.9em; }
 img { max-width: 100%; }
+td img { width: 16em; }
 .wrong { background: #fde8e8; }
 .correct { background: #e8f6e8; }
 """
