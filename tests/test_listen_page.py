@@ -118,3 +118,47 @@ def test_examples_are_wrong_clips_first_then_correct_ones_one_class_at_a_time():
     assert listen_page.choose_examples(correct, labels, 5) == [1, 5, 0, 3, 6]
     assert listen_page.choose_examples(correct, labels, 2) == [1, 0]  # half of them wrong
     assert listen_page.choose_examples(np.ones(9, bool), labels, 4) == [0, 3, 6, 1]  # no wrong clips
+
+
+SMALL_SPLITS = {"train": [16, 20, 24, 28, 32, 36], "validation": [], "test": [16, 20, 24]}
+
+
+def test_unsupervised_page_maps_clusters_to_classes(tmp_path):
+    data_dir = str(tmp_path / "data")
+    make_prepared_dir(data_dir, SMALL_SPLITS, num_mels=FEATURES.n_mels, sample_rate=FEATURES.sample_rate,
+                      n_fft=FEATURES.n_fft, hop_length=FEATURES.hop_length, spectrogram=class_coded_log_mel)
+    write_model_dir(str(tmp_path / "run"), mode="unsupervised", data_dir=data_dir)
+    model, config = evaluate.load_model(str(tmp_path / "run"))
+    path = listen_page.write_page(model, config, str(tmp_path / "run"), data_dir, str(tmp_path / "listen"),
+                                  examples=1, batch_size=4, n_iter=2)
+    with open(path, encoding="utf-8") as f:
+        html = f.read()
+    assert "<h3>Cluster to class</h3>" in html
+    assert all(f"<td>cluster{k}</td>" in html for k in range(3))
+    assert html.count("<section ") == 1 and "Original recording" not in html  # no --audio_dir
+
+
+def test_apnet_page_shows_its_decoded_prototypes(tmp_path):
+    from amych_tf.baselines.apnet import APNet
+    from amych_tf.spectral import FeatureConfig
+
+    features = FeatureConfig(sample_rate=16000, n_fft=1024, hop_length=512, n_mels=16)
+    data_dir = str(tmp_path / "data")
+    make_prepared_dir(data_dir, SMALL_SPLITS)  # its default features are `features`
+    model = APNet(features, 3, class_names=["class0", "class1", "class2"], num_frames=32, num_prototypes_latent=4,
+                  filters=4)
+    model.build_for_frames()
+    model_dir = str(tmp_path / "run")
+    os.makedirs(model_dir)
+    config = {"model_name": "apnet", "model": model.get_config(), "dataset": {"data_dir": data_dir}}
+    path = listen_page.write_page(model, config, model_dir, data_dir, str(tmp_path / "listen"), batch_size=4,
+                                  n_iter=2)
+    with open(path, encoding="utf-8") as f:
+        html = f.read()
+    links = Links()
+    links.feed(html)
+    assert "<h2>Prototypes (decoded)</h2>" in html and "Confusion matrix" in html
+    assert len(links.audio_labels) == 4 and "<h2>Test clips</h2>" not in html
+    assert "Fine structure explained" not in html  # a baseline has no hearing fidelity
+    for link in links.links:
+        assert os.path.isfile(os.path.join(str(tmp_path / "listen"), unquote(link))), link
