@@ -211,20 +211,31 @@ def listen_to_class_averages(model, data_dir: str, out_dir: str, batch_size: int
 
 def listen_across_stages(model_dir: str, path: str, out_dir: str, n_iter: int = 64) -> str | None:
     """Figure 5 for one input from the run's stage checkpoints; returns the PNG's path (None: no stages)."""
-    import numpy as np
-    import tensorflow as tf
-
-    from amych_tf import evaluate, plots, report
+    from amych_tf import evaluate, report
 
     checkpoints = report.stage_checkpoints(model_dir)
     if not checkpoints:
         return None
     model, _ = evaluate.load_model(model_dir, checkpoints[0][2])
+    log_mel, frames = input_log_mel(path, model.feature_config, 2**model.n_pools)
+    return stages_of_log_mel(model, checkpoints, log_mel, frames, input_directory(out_dir, path),
+                             input_title(path, model.class_names), n_iter)
+
+
+def stages_of_log_mel(model, checkpoints, log_mel, frames: int, directory: str, title: str,
+                      n_iter: int = 64) -> str:
+    """Figure 5 for one log-Mel [T, F] (`frames` real): `model` loads each stage checkpoint
+    (report.stage_checkpoints) in turn; writes stages.png and stage-<i>-<name>.wav to `directory`
+    and returns the PNG's path."""
+    import numpy as np
+    import tensorflow as tf
+
+    from amych_tf import plots, report
+
     config, names = model.feature_config, prototype_names(model)
-    log_mel, frames = input_log_mel(path, config, 2**model.n_pools)
     features = {"log_mel": tf.constant(log_mel[None]),
                 "mask": tf.constant((np.arange(log_mel.shape[0]) < frames).astype(np.float32)[None])}
-    directory = input_directory(out_dir, path)
+    os.makedirs(directory, exist_ok=True)
     rows = []
     for index, stage, checkpoint in checkpoints:
         model.load_weights(checkpoint)
@@ -238,8 +249,7 @@ def listen_across_stages(model_dir: str, path: str, out_dir: str, n_iter: int = 
                   config.sample_rate)
     figure_path = os.path.join(directory, "stages.png")
     with open(figure_path, "wb") as f:
-        f.write(plots.figure_to_png(plots.stage_reconstructions(
-            log_mel[:frames], rows, config, input_title(path, model.class_names))))
+        f.write(plots.figure_to_png(plots.stage_reconstructions(log_mel[:frames], rows, config, title)))
     return figure_path
 
 

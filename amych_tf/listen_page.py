@@ -10,7 +10,8 @@ Sections: the run (its test metrics and hearing fidelity, its curriculum stages
 and config), the confusion matrix, the prototypes (spectrum, player, class,
 clips won; APNet: its decoded prototypes), and chosen test clips (the wrong
 ones first, then correct ones) as input / reconstruction / winning prototype,
-with the winner's explanation figure and the runner-up's error.
+with the winner's explanation figure, the runner-up's error, and the winner after each
+curriculum stage when the run kept its stage checkpoints.
 """
 
 from __future__ import annotations
@@ -222,11 +223,16 @@ def clip_log_mels(data_dir: str, info, clip_indices, multiple_of: int) -> dict:
     return found
 
 
-def examples_section(model, data_dir: str, info, clips: dict, classes, chosen, out_dir: str,
+def examples_section(model, model_dir: str, data_dir: str, info, clips: dict, classes, chosen, out_dir: str,
                      audio_dir: str | None, n_iter: int) -> str:
     import numpy as np
 
+    from amych_tf import evaluate, report
+
     names = listen.prototype_names(model)
+    checkpoints = report.stage_checkpoints(model_dir)
+    # A second model takes the stage checkpoints' weights, so `model` keeps the ones listened to.
+    stage_model = evaluate.load_model(model_dir, checkpoints[0][2])[0] if checkpoints else None
     log_mels = clip_log_mels(data_dir, info, clips["index"][chosen], 2**model.n_pools)
     parts = ["<h2>Test clips</h2><p>Input (re-synthesised from its log-Mel: what the model hears), its "
              "reconstruction by the winning prototype, and the winning prototype. The explanation figure "
@@ -264,8 +270,24 @@ def examples_section(model, data_dir: str, info, clips: dict, classes, chosen, o
             f"<figure>{image(os.path.join(directory, 'explanation.png'), out_dir, f'Clip {index}: input, reconstruction by {names[winner]} and the prototype on one colour scale, with the gain, pitch and filter curves')}"
             f"<figcaption>Input | reconstruction | winning prototype, and the winner's curves</figcaption></figure>"
             f"<figure>{image(os.path.join(directory, 'grid.png'), out_dir, f'Clip {index} reconstructed by every prototype, with each error')}"
-            f"<figcaption>Every prototype's reconstruction and L_rec</figcaption></figure></section>")
+            f"<figcaption>Every prototype's reconstruction and L_rec</figcaption></figure>"
+            + (stages_figure(stage_model, checkpoints, log_mel, frames, directory, title, index, out_dir, n_iter)
+               if stage_model else "") + "</section>")
     return "".join(parts)
+
+
+def stages_figure(stage_model, checkpoints, log_mel, frames: int, directory: str, title: str, index: int,
+                  out_dir: str, n_iter: int) -> str:
+    """The clip's Figure 5 (the winner after each curriculum stage) with a player per stage."""
+    from amych_tf import report
+
+    figure = listen.stages_of_log_mel(stage_model, checkpoints, log_mel, frames, directory, title, n_iter)
+    players = "".join(
+        player(os.path.join(directory, f"stage-{stage_index}-{stage}.wav"), out_dir,
+               f"Clip {index} reconstructed after stage {report.ROW_NAMES.get(stage, stage)}")
+        for stage_index, stage, _ in checkpoints)
+    return (f"<figure>{image(figure, out_dir, f'Clip {index}: input, reconstruction and winning prototype after each curriculum stage')}"
+            f"<figcaption>After each curriculum stage</figcaption></figure><div>{players}</div>")
 
 
 def write_page(model, config: dict, model_dir: str, data_dir: str, out_dir: str, examples: int = 6,
@@ -303,7 +325,8 @@ def write_page(model, config: dict, model_dir: str, data_dir: str, out_dir: str,
         sections.append(f"<figure>{image(averages, out_dir, 'Each prototype beside the average spectrum of its class')}"
                         "<figcaption>Prototypes and their class's average training spectrum</figcaption></figure>")
         chosen = choose_examples(classes[winners] == clips["label"], clips["label"], examples)
-        sections.append(examples_section(model, data_dir, info, clips, classes, chosen, out_dir, audio_dir, n_iter))
+        sections.append(examples_section(model, model_dir, data_dir, info, clips, classes, chosen, out_dir,
+                                         audio_dir, n_iter))
     title = f"Listening page: {os.path.basename(os.path.abspath(model_dir))}"
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head>'

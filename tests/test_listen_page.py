@@ -74,9 +74,11 @@ def test_page_lists_every_prototype_and_the_metrics_with_relative_links_only(pag
     assert "Curriculum stages reached: raw prototypes, + gain" in html
     assert html.count("<section ") == 2  # --examples
     assert "runner-up" in html
-    # Each example plays its original recording (the audio dir was given), input, reconstruction, prototype.
+    # Each example plays its original recording (the audio dir was given), input, reconstruction, prototype,
+    # and its reconstruction after each of the 2 stages.
     assert sum("Original recording" in label for label in links.audio_labels) == 2
-    assert len(links.audio_labels) == 3 + 2 * 4 and all(links.audio_labels)
+    assert len(links.audio_labels) == 3 + 2 * (4 + 2) and all(links.audio_labels)
+    assert sum(link.endswith("/stages.png") for link in links.links) == 2
     assert links.image_alts and all(links.image_alts)
     for link in links.links:
         assert not urlparse(link).scheme and not link.startswith("/"), link
@@ -108,7 +110,7 @@ def test_page_loads_in_a_headless_browser(page):
             browser.close()
     assert not errors
     assert widths and all(width > 0 for _, width in widths), widths
-    assert len(durations) == 11, durations
+    assert len(durations) == 15, durations
     assert all(0 < duration < np.inf for _, duration in durations), durations
 
 
