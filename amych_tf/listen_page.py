@@ -76,6 +76,10 @@ def image(path: str, out_dir: str, alt: str) -> str:
     return f'<img src="{relative(path, out_dir)}" alt="{escape(alt)}">'
 
 
+def captioned_image(path: str, out_dir: str, alt: str, caption: str) -> str:
+    return f"<figure>{image(path, out_dir, alt)}<figcaption>{escape(caption)}</figcaption></figure>"
+
+
 def player(path: str, out_dir: str, label: str) -> str:
     """A labelled <audio> player in a <figure> (the caption names what plays)."""
     return (f'<figure><audio controls preload="metadata" src="{relative(path, out_dir)}" '
@@ -125,11 +129,13 @@ def confusion_section(summary: dict, class_names, out_dir: str) -> str:
     output = os.path.join(out_dir, "eval-test.json")
     evaluate.write_report(summary, output, class_names)
     parts = ["<h2>Confusion matrix</h2>",
-             f"<figure>{image(os.path.splitext(output)[0] + '.png', out_dir, 'Confusion matrix of the test split: true class by row, predicted by column')}"
-             "<figcaption>Test split: rows true class, columns predicted class.</figcaption></figure>"]
+             captioned_image(os.path.splitext(output)[0] + ".png", out_dir,
+                             "Confusion matrix of the test split: true class by row, predicted by column",
+                             "Test split: rows true class, columns predicted class.")]
     if "prototype_classes" in summary:
-        rows = "".join(f"<tr><td>cluster{k}</td><td>{escape(class_names[c]) if c >= 0 else 'no class (wins no training clip)'}</td></tr>"
-                       for k, c in enumerate(summary["prototype_classes"]))
+        mapped = [escape(class_names[c]) if c >= 0 else "no class (wins no training clip)"
+                  for c in summary["prototype_classes"]]
+        rows = "".join(f"<tr><td>cluster{k}</td><td>{name}</td></tr>" for k, name in enumerate(mapped))
         parts.append("<h3>Cluster to class</h3><p>Each cluster is mapped to the majority class of the training "
                      f"clips it wins.</p><table><thead><tr><th>Cluster</th><th>Class</th></tr></thead>"
                      f"<tbody>{rows}</tbody></table>")
@@ -170,8 +176,8 @@ def apnet_section(wav_paths, out_dir: str) -> str:
     gallery = os.path.join(out_dir, "prototype_gallery.png")
     return ("<h2>Prototypes (decoded)</h2><p>APNet's latent prototypes, each decoded with the pooling masks of "
             "its nearest training window and named by the class its dense-layer weights favour.</p>"
-            f"<figure>{image(gallery, out_dir, 'Decoded APNet prototypes as spectrograms')}"
-            f"<figcaption>Decoded prototypes</figcaption></figure><div>{players}</div>")
+            + captioned_image(gallery, out_dir, "Decoded APNet prototypes as spectrograms", "Decoded prototypes")
+            + f"<div>{players}</div>")
 
 
 def collect_test_clips(model, data_dir: str, info, batch_size: int) -> dict:
@@ -247,7 +253,8 @@ def examples_section(model, model_dir: str, data_dir: str, info, clips: dict, cl
         correct = predicted == label
         log_mel, frames = log_mels[index]
         title = f"test clip {index}: {os.path.basename(source)} (class {info.class_names[label]})"
-        directory = os.path.join(out_dir, "examples", listen.safe_name(f"{index}-{os.path.splitext(os.path.basename(source))[0]}"))
+        stem = os.path.splitext(os.path.basename(source))[0]
+        directory = os.path.join(out_dir, "examples", listen.safe_name(f"{index}-{stem}"))
         true_name = names[list(classes).index(label)] if model.mode == "supervised" and label in classes else None
         listen.listen_to_log_mel(model, log_mel, frames, directory, title, true_name, n_iter)
         players = [player(os.path.join(directory, "input.wav"), out_dir, f"Input, clip {index} (from its log-Mel)"),
@@ -267,10 +274,13 @@ def examples_section(model, model_dir: str, data_dir: str, info, clips: dict, cl
             f"<p>Won by {escape(names[winner])} (predicts {escape(predicted_name)}), L_rec "
             f"{number(float(rec_errors[winner]), 4)}; runner-up {escape(names[runner_up])}, L_rec "
             f"{number(float(rec_errors[runner_up]), 4)}.</p><div>{''.join(players)}</div>"
-            f"<figure>{image(os.path.join(directory, 'explanation.png'), out_dir, f'Clip {index}: input, reconstruction by {names[winner]} and the prototype on one colour scale, with the gain, pitch and filter curves')}"
-            f"<figcaption>Input | reconstruction | winning prototype, and the winner's curves</figcaption></figure>"
-            f"<figure>{image(os.path.join(directory, 'grid.png'), out_dir, f'Clip {index} reconstructed by every prototype, with each error')}"
-            f"<figcaption>Every prototype's reconstruction and L_rec</figcaption></figure>"
+            + captioned_image(os.path.join(directory, "explanation.png"), out_dir,
+                              f"Clip {index}: input, reconstruction by {names[winner]} and the prototype on one "
+                              "colour scale, with the gain, pitch and filter curves",
+                              "Input | reconstruction | winning prototype, and the winner's curves")
+            + captioned_image(os.path.join(directory, "grid.png"), out_dir,
+                              f"Clip {index} reconstructed by every prototype, with each error",
+                              "Every prototype's reconstruction and L_rec")
             + (stages_figure(stage_model, checkpoints, log_mel, frames, directory, title, index, out_dir, n_iter)
                if stage_model else "") + "</section>")
     return "".join(parts)
@@ -286,8 +296,8 @@ def stages_figure(stage_model, checkpoints, log_mel, frames: int, directory: str
         player(os.path.join(directory, f"stage-{stage_index}-{stage}.wav"), out_dir,
                f"Clip {index} reconstructed after stage {report.ROW_NAMES.get(stage, stage)}")
         for stage_index, stage, _ in checkpoints)
-    return (f"<figure>{image(figure, out_dir, f'Clip {index}: input, reconstruction and winning prototype after each curriculum stage')}"
-            f"<figcaption>After each curriculum stage</figcaption></figure><div>{players}</div>")
+    return captioned_image(figure, out_dir, f"Clip {index}: input, reconstruction and winning prototype after "
+                           "each curriculum stage", "After each curriculum stage") + f"<div>{players}</div>"
 
 
 def write_page(model, config: dict, model_dir: str, data_dir: str, out_dir: str, examples: int = 6,
@@ -322,8 +332,8 @@ def write_page(model, config: dict, model_dir: str, data_dir: str, out_dir: str,
         sections.append(prototypes_section(model, wav_paths, prototype_images(model, out_dir), classes, wins,
                                            info.class_names, out_dir))
         averages = listen.listen_to_class_averages(model, data_dir, out_dir, batch_size, model_dir)
-        sections.append(f"<figure>{image(averages, out_dir, 'Each prototype beside the average spectrum of its class')}"
-                        "<figcaption>Prototypes and their class's average training spectrum</figcaption></figure>")
+        sections.append(captioned_image(averages, out_dir, "Each prototype beside the average spectrum of its class",
+                                        "Prototypes and their class's average training spectrum"))
         chosen = choose_examples(classes[winners] == clips["label"], clips["label"], examples)
         sections.append(examples_section(model, model_dir, data_dir, info, clips, classes, chosen, out_dir,
                                          audio_dir, n_iter))
