@@ -34,7 +34,9 @@ setup(
     extras_require={
         "cpu": ["tensorflow-cpu==2.21.*"],
         "gpu": ["tensorflow[and-cuda]==2.21.*"],
-        "dev": ["pytest>=8", "pytest-xdist>=3", "scipy>=1.11"],
+        # playwright drives the system's Chromium (apt-get install chromium) in the
+        # listening page's browser test; its own browser downloads are not used.
+        "dev": ["pytest>=8", "pytest-xdist>=3", "scipy>=1.11", "playwright>=1.40"],
         # Warm-up requests of exported models (amych_tf.export). It requires the
         # `tensorflow` distribution, which `gpu` provides; with `cpu` install it as
         # `pip install --no-deps "tensorflow-serving-api==2.21.*"` (its other

@@ -1,6 +1,10 @@
 r"""Listen to a trained model: its prototypes, and how they reconstruct your audio.
 
     python -m amych_tf.listen --model_dir=runs/sol_sup --out_dir=listen/ [--inputs a.wav,b.flac]
+    python -m amych_tf.listen --model_dir=runs/sol_sup --html [--examples 6 --audio_dir=audio/sol]
+
+--html writes the listening page instead (amych_tf.listen_page): index.html in
+--out_dir (default <model_dir>/listen) with every file it links beside it.
 
 Writes (WAVs at the model's sample rate, 16-bit; spectrograms rendered to sound
 with the inverse front end, `amych_tf.spectral.inverse_log_mel`):
@@ -64,6 +68,11 @@ def define_flags() -> None:
     flags.DEFINE_list("inputs", [], "Audio files to reconstruct with every prototype.")
     flags.DEFINE_float("seconds", 1.0, "Length of each prototype's WAV.")
     flags.DEFINE_integer("griffin_lim_iters", 64, "Griffin-Lim iterations.")
+    flags.DEFINE_boolean("html", False, "Write the listening page (index.html and its files) to --out_dir "
+                         "(default: <model_dir>/listen).")
+    flags.DEFINE_integer("examples", 6, "Test clips on the listening page (the wrong ones first, up to half).")
+    flags.DEFINE_string("audio_dir", None, "The dataset's audio directory (its manifest's paths are relative to "
+                        "it): the listening page then also plays each example's original recording.")
 
 
 def safe_name(name: str) -> str:
@@ -202,20 +211,31 @@ def listen_to_class_averages(model, data_dir: str, out_dir: str, batch_size: int
 
 def listen_across_stages(model_dir: str, path: str, out_dir: str, n_iter: int = 64) -> str | None:
     """Figure 5 for one input from the run's stage checkpoints; returns the PNG's path (None: no stages)."""
-    import numpy as np
-    import tensorflow as tf
-
-    from amych_tf import evaluate, plots, report
+    from amych_tf import evaluate, report
 
     checkpoints = report.stage_checkpoints(model_dir)
     if not checkpoints:
         return None
     model, _ = evaluate.load_model(model_dir, checkpoints[0][2])
+    log_mel, frames = input_log_mel(path, model.feature_config, 2**model.n_pools)
+    return stages_of_log_mel(model, checkpoints, log_mel, frames, input_directory(out_dir, path),
+                             input_title(path, model.class_names), n_iter)
+
+
+def stages_of_log_mel(model, checkpoints, log_mel, frames: int, directory: str, title: str,
+                      n_iter: int = 64) -> str:
+    """Figure 5 for one log-Mel [T, F] (`frames` real): `model` loads each stage checkpoint
+    (report.stage_checkpoints) in turn; writes stages.png and stage-<i>-<name>.wav to `directory`
+    and returns the PNG's path."""
+    import numpy as np
+    import tensorflow as tf
+
+    from amych_tf import plots, report
+
     config, names = model.feature_config, prototype_names(model)
-    log_mel, frames = input_log_mel(path, config, 2**model.n_pools)
     features = {"log_mel": tf.constant(log_mel[None]),
                 "mask": tf.constant((np.arange(log_mel.shape[0]) < frames).astype(np.float32)[None])}
-    directory = input_directory(out_dir, path)
+    os.makedirs(directory, exist_ok=True)
     rows = []
     for index, stage, checkpoint in checkpoints:
         model.load_weights(checkpoint)
@@ -229,8 +249,7 @@ def listen_across_stages(model_dir: str, path: str, out_dir: str, n_iter: int = 
                   config.sample_rate)
     figure_path = os.path.join(directory, "stages.png")
     with open(figure_path, "wb") as f:
-        f.write(plots.figure_to_png(plots.stage_reconstructions(
-            log_mel[:frames], rows, config, input_title(path, model.class_names))))
+        f.write(plots.figure_to_png(plots.stage_reconstructions(log_mel[:frames], rows, config, title)))
     return figure_path
 
 
@@ -271,28 +290,38 @@ def input_log_mel(path: str, config, multiple_of: int = 16):
 
 
 def listen_to_input(model, path: str, out_dir: str, n_iter: int = 64) -> dict:
-    """WAVs and figures of one input; returns {"winner", "rec_errors", "directory"}."""
+    """WAVs and figures of one audio file; returns {"winner", "rec_errors", "directory"}."""
+    log_mel, frames = input_log_mel(path, model.feature_config, 2**model.n_pools)
+    return listen_to_log_mel(model, log_mel, frames, input_directory(out_dir, path),
+                             input_title(path, model.class_names), class_from_path(path, model.class_names), n_iter)
+
+
+def listen_to_log_mel(model, log_mel, frames: int, directory: str, title: str, true_class: str | None = None,
+                      n_iter: int = 64) -> dict:
+    """WAVs and figures of one log-Mel [T, F] (T a multiple of 2 ** n_pools, `frames` of them real)
+    written to `directory`; `true_class` (a prototype's name) is framed red in grid.png when it loses.
+
+    Returns {"winner", "rec_errors", "directory"}.
+    """
     import numpy as np
     import tensorflow as tf
 
     from amych_tf import plots
 
     config, names = model.feature_config, prototype_names(model)
-    log_mel, frames = input_log_mel(path, config, 2**model.n_pools)
     mask = (np.arange(log_mel.shape[0]) < frames).astype(np.float32)
     outputs = model({"log_mel": tf.constant(log_mel[None]), "mask": tf.constant(mask[None])},
                     training=False, return_details=True)
     rec_errors = outputs["rec_errors"].numpy()[0]
     winner = int(rec_errors.argmin())
     reconstructions = outputs["reconstructions"].numpy()[0, :frames].transpose(1, 0, 2)  # [K, T, F]
-    directory = input_directory(out_dir, path)
+    os.makedirs(directory, exist_ok=True)
     write_wav(os.path.join(directory, "input.wav"), to_audio(log_mel[:frames], config, n_iter), config.sample_rate)
     audio = to_audio(reconstructions, config, n_iter)
     write_wav(os.path.join(directory, f"winner-{winner}-{safe_name(names[winner])}.wav"), audio[winner],
               config.sample_rate)
     for k in range(len(reconstructions)):
         write_wav(os.path.join(directory, f"prototype-{k}-{safe_name(names[k])}.wav"), audio[k], config.sample_rate)
-    title, true_class = input_title(path, model.class_names), class_from_path(path, model.class_names)
     parameters = {name: outputs[name].numpy()[0, :frames, winner] for name in plots.PARAMETER_NAMES}
     figures = {
         "explanation.png": plots.winner_explanation(
@@ -313,10 +342,22 @@ def main(argv):
     from data_tools import audio
 
     try:
+        if FLAGS.html and FLAGS.model_dir and not FLAGS.out_dir:
+            FLAGS.out_dir = os.path.join(FLAGS.model_dir, "listen")
         if not FLAGS.model_dir or not FLAGS.out_dir:
             raise evaluate.EvaluationError("--model_dir and --out_dir are required")
         model, config = evaluate.load_model(FLAGS.model_dir, FLAGS.checkpoint)
         data_dir = FLAGS.data_dir or config["dataset"]["data_dir"]
+        if FLAGS.html:
+            from amych_tf import listen_page
+
+            if not os.path.isfile(os.path.join(data_dir, "dataset_info.json")):
+                raise evaluate.EvaluationError(f"no dataset at {data_dir!r}: the listening page shows its test "
+                                               "split (give --data_dir)")
+            page = listen_page.write_page(model, config, FLAGS.model_dir, data_dir, FLAGS.out_dir, FLAGS.examples,
+                                          FLAGS.audio_dir, FLAGS.eval_batch_size, FLAGS.griffin_lim_iters)
+            print(f"listening page -> {page}")
+            return
         if hasattr(model, "decode_prototypes"):
             if FLAGS.inputs:
                 raise evaluate.EvaluationError("--inputs: APNet does not reconstruct inputs from its prototypes")
