@@ -3,7 +3,7 @@
 A prepared dataset directory (written by `python -m data_tools.prepare`) holds
 
     dataset_info.json                 feature parameters, classes, counts, versions
-    manifest.csv                      split,label,class_name,path,duration,num_frames
+    manifest.csv                      split,label,class_name,path,duration,num_frames,midi_note
     skipped.csv                       path,reason (files that could not be used)
     train-00000-of-00004.tfrecord     shards per split, examples in manifest order
     validation-00000-of-00001.tfrecord
@@ -16,6 +16,10 @@ Each tf.train.Example holds:
     label        int64   class index into dataset_info.class_names
     class_name   bytes
     path         bytes   source file, relative to the audio directory
+    midi_note    int64   the note played (MIDI number, from the file name), -1 if unknown
+
+Format version 2: power log-Mels (`FeatureConfig.power`) and `midi_note`.
+Version 1 directories (magnitude log-Mels) are refused: re-run prepare.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import tensorflow as tf
 from amych_tf import transforms
 from amych_tf.spectral import FeatureConfig
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SPLITS = ("train", "validation", "test")
 INFO_FILENAME = "dataset_info.json"
 MANIFEST_FILENAME = "manifest.csv"
@@ -114,9 +118,13 @@ class DatasetInfo:
 
 
 def encode_example(
-    log_mel: np.ndarray, *, label: int, class_name: str, path: str, storage_dtype: str = "float32"
+    log_mel: np.ndarray, *, label: int, class_name: str, path: str, storage_dtype: str = "float32",
+    midi_note: int = -1,
 ) -> bytes:
-    """Serialise one clip's log-Mel [frames, mels] and its metadata as a tf.train.Example."""
+    """Serialise one clip's log-Mel [frames, mels] and its metadata as a tf.train.Example.
+
+    `midi_note`: the note the clip plays (MIDI number), -1 when unknown.
+    """
     log_mel = np.asarray(log_mel)
     if log_mel.ndim != 2:
         raise ValueError(f"log_mel must be [frames, mels], got shape {log_mel.shape}")
@@ -137,6 +145,7 @@ def encode_example(
                 "label": int_feature(label),
                 "class_name": bytes_feature(class_name.encode("utf-8")),
                 "path": bytes_feature(path.encode("utf-8")),
+                "midi_note": int_feature(midi_note),
             }
         )
     )
@@ -152,6 +161,7 @@ FEATURE_SPEC = {
     "label": tf.io.FixedLenFeature([], tf.int64),
     "class_name": tf.io.FixedLenFeature([], tf.string),
     "path": tf.io.FixedLenFeature([], tf.string),
+    "midi_note": tf.io.FixedLenFeature([], tf.int64),
 }
 
 
@@ -159,7 +169,7 @@ def parse_example(serialized: tf.Tensor, *, num_mels: int, storage_dtype: str = 
     """Inverse of `encode_example` for one serialised example (graph-friendly).
 
     Returns log_mel float32 [frames, num_mels], num_frames int32, label int32,
-    class_name and path strings.
+    class_name and path strings, midi_note int32 (-1: unknown).
     """
     parsed = tf.io.parse_single_example(serialized, FEATURE_SPEC)
     values = tf.io.decode_raw(parsed["log_mel"], tf.dtypes.as_dtype(storage_dtype), little_endian=True)
@@ -171,6 +181,7 @@ def parse_example(serialized: tf.Tensor, *, num_mels: int, storage_dtype: str = 
         "label": tf.cast(parsed["label"], tf.int32),
         "class_name": parsed["class_name"],
         "path": parsed["path"],
+        "midi_note": tf.cast(parsed["midi_note"], tf.int32),
     }
 
 
@@ -180,7 +191,8 @@ def parse_example(serialized: tf.Tensor, *, num_mels: int, storage_dtype: str = 
 # Every element is `(features, labels)`: features = {"log_mel": float32
 # [B, T, F], "mask": float32 [B, T] (1 = real frame, 0 = padding)}, labels =
 # int32 [B]. `evaluation_dataset(..., with_metadata=True)` adds "path"
-# (string [B]) and "num_frames" (int32 [B]) to the features.
+# (string [B]), "num_frames" (int32 [B]), "midi_note" (int32 [B], -1 unknown)
+# and "index" (int32 [B], the clip's position in the split) to the features.
 #
 # Randomness (training only) is reproducible: with the same `seed` (and the
 # same TensorFlow global seed, if one is set) the same directory gives the
@@ -447,58 +459,75 @@ def evaluation_dataset(
     input_context: tf.distribute.InputContext | None = None,
     info: DatasetInfo | None = None,
 ) -> tf.data.Dataset:
-    """Every full-length clip of `split`, in file order, in padded batches.
+    """Every full-length clip of `split`, in batches of clips of one padded length.
 
-    Clips come in manifest order (shard 0 first, each shard in order), are
-    batched `batch_size` at a time (the last batch may be smaller), and each
-    batch is padded along time to its longest clip rounded up to a multiple
+    Each clip is padded along time to its own length rounded up to a multiple
     of `multiple_of` (2 ** n_pools, so the encoder's pooling divides it) by
-    tiling every clip (`tile_pad`); `mask` marks the real frames.
+    tiling (`tile_pad`); `mask` marks the real frames. Batches hold clips of
+    the same padded length (`tf.data.Dataset.group_by_window`), so what the
+    model sees of a clip, and hence its result, does not depend on the batch
+    size or on the clips beside it. (Padding every clip of a batch to the
+    batch's longest made results change with --eval_batch_size: the convolutions
+    near a clip's end saw more or less of its tiled continuation and of the
+    reflected border.) It also saves the work of padding short clips to long
+    ones.
+
+    Order: deterministic. A batch is emitted when `batch_size` clips of one
+    padded length have arrived, and the incomplete batches at the end of the
+    split; within a padded length, clips keep the split's file order
+    (manifest order). `with_metadata` gives each clip's "index" in file order
+    for callers that need it.
 
     Args:
       data_dir: a prepared dataset directory.
       split: "train", "validation" or "test".
       batch_size: clips per batch; with `input_context`, per replica.
-      multiple_of: the padded length is a multiple of this.
-      with_metadata: also return "path" (string [B]) and "num_frames"
-        (int32 [B]) in the features.
+      multiple_of: each clip's padded length is the next multiple of this.
+      with_metadata: also return "path" (string [B]), "num_frames" (int32 [B]),
+        "midi_note" (int32 [B], -1 unknown) and "index" (int32 [B]) in the
+        features.
       input_context: from `strategy.distribute_datasets_from_function`. With
         several input pipelines (workers) the clips are sharded by examples
         (clip i goes to pipeline i % num_input_pipelines), so every pipeline
-        gets work whatever the number of shards; the order is then the file
-        order within each pipeline. A pipeline feeding several replicas deals
-        its consecutive batches to them in turn.
+        gets work whatever the number of shards. A pipeline feeding several
+        replicas deals its consecutive batches to them in turn.
       info: the directory's DatasetInfo, if already loaded (and validated).
 
     Returns:
       A dataset of ({"log_mel": float32 [B, T, F], "mask": float32 [B, T]
-      [, "path", "num_frames"]}, int32 labels [B]) with known cardinality.
+      [, "path", "num_frames", "midi_note", "index"]}, int32 labels [B]).
     """
     if batch_size < 1 or multiple_of < 1:
         raise ValueError(f"batch_size and multiple_of must be positive, got {batch_size} and {multiple_of}")
     info = info if info is not None else load_dataset_info(data_dir)
     paths = _split_shards(info, data_dir, split)
     num_pipelines, pipeline_id, _ = _input_pipelines(input_context)
-    records = tf.data.TFRecordDataset(paths)
+    records = tf.data.TFRecordDataset(paths).enumerate()
     if num_pipelines > 1:
         records = records.shard(num_pipelines, pipeline_id)
     pipeline_count = len(range(pipeline_id, info.split_counts[split], num_pipelines))
     records = records.apply(tf.data.experimental.assert_cardinality(pipeline_count))
     num_mels, storage_dtype = info.features.n_mels, info.storage_dtype
 
-    def parse(serialized):
+    def parse(index, serialized):
         example = parse_example(serialized, num_mels=num_mels, storage_dtype=storage_dtype)
-        return {key: example[key] for key in ("log_mel", "num_frames", "label", "path")}
+        clip = {key: example[key] for key in ("log_mel", "num_frames", "label", "path", "midi_note")}
+        return {**clip, "index": tf.cast(index, tf.int32)}
+
+    def padded_length_bucket(clip):
+        return tf.cast((clip["num_frames"] + multiple_of - 1) // multiple_of, tf.int64)
 
     def pad(batch):
         log_mel, mask = tile_pad(batch["log_mel"], batch["num_frames"], multiple_of)
         features = {"log_mel": log_mel, "mask": mask}
         if with_metadata:
-            features.update(path=batch["path"], num_frames=batch["num_frames"])
+            features.update({key: batch[key] for key in ("path", "num_frames", "midi_note", "index")})
         return features, batch["label"]
 
     dataset = records.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    dataset = dataset.padded_batch(batch_size).map(pad, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = dataset.group_by_window(
+        padded_length_bucket, lambda _, clips: clips.padded_batch(batch_size), window_size=batch_size)
+    dataset = dataset.map(pad, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 

@@ -4,15 +4,20 @@ One implementation serves data preparation, training and the exported model:
 `log_mel` (a pure TensorFlow function) and its Keras wrapper `LogMel`.
 
 Features follow the paper (section 3) and the authors' settings:
-magnitude STFT with a Hann window of `n_fft` samples (no centring, so frame
-`t` covers samples `[t * hop, t * hop + n_fft)`), HTK mel filterbank from
+the *power* STFT (|X|^2, torchaudio's default, `FeatureConfig.power`) with a
+Hann window of `n_fft` samples (no centring, so frame `t` covers samples
+`[t * hop, t * hop + n_fft)`), HTK mel filterbank from
 `tf.signal.linear_to_mel_weight_matrix`, and the scaling
 
     log_mel = (log10(mel + 1e-10) + 10) / 17
 
-which puts most values in [0, 1]. `inverse_log_mel` undoes the scaling, maps
-mel back to a linear magnitude by non-negative least squares against the same
-filterbank, and runs Griffin-Lim (librosa's implementation) to get audio.
+which puts most values in [0, 1]. In these log units the power spectrogram
+has twice the contrast of the magnitude one (a partial 40 dB above the floor
+spans 4/17 instead of 2/17), against the fixed augmentation noise and bias
+and the gain/filter ranges: docs in README ("Hearing fidelity") give the
+measured effect. `inverse_log_mel` undoes the scaling, maps mel back to a
+linear spectrum by non-negative least squares against the same filterbank,
+and runs Griffin-Lim (librosa's implementation) to get audio.
 """
 
 from __future__ import annotations
@@ -54,7 +59,9 @@ def mel_to_hz(mel):
 class FeatureConfig:
     """Parameters of the log-Mel features; they travel with data and models.
 
-    `fmax=None` means the Nyquist frequency. Use `FeatureConfig.preset(name)`
+    `fmax=None` means the Nyquist frequency. `power` is the exponent of the
+    STFT magnitude before the mel filterbank: 2 (power, the authors' choice and
+    the default) or 1 (magnitude). Use `FeatureConfig.preset(name)`
     for the paper's settings and `check_compatible` wherever features computed
     elsewhere (a dataset, a checkpoint) meet this configuration.
     """
@@ -65,6 +72,7 @@ class FeatureConfig:
     n_mels: int = 128
     fmin: float = 0.0
     fmax: float | None = None
+    power: float = 2.0
 
     def __post_init__(self):
         for name in ("sample_rate", "n_fft", "hop_length", "n_mels"):
@@ -75,6 +83,9 @@ class FeatureConfig:
         fmax = self.sample_rate / 2.0 if self.fmax is None else float(self.fmax)
         object.__setattr__(self, "fmax", fmax)
         object.__setattr__(self, "fmin", float(self.fmin))
+        object.__setattr__(self, "power", float(self.power))
+        if self.power not in (1.0, 2.0):
+            raise ValueError(f"FeatureConfig.power must be 1 (magnitude) or 2 (power), got {self.power}")
         if not 0.0 <= self.fmin < self.fmax <= self.sample_rate / 2.0:
             raise ValueError(
                 f"FeatureConfig needs 0 <= fmin < fmax <= sample_rate / 2, got fmin={self.fmin}, "
@@ -97,6 +108,13 @@ class FeatureConfig:
         unknown = set(values) - fields
         if unknown:
             raise ValueError(f"Unknown feature parameters {sorted(unknown)}; expected {sorted(fields)}")
+        if "power" not in values:
+            # Written before `power` existed, when features were magnitude log-Mels:
+            # reading them as power would be a silent mismatch.
+            raise ValueError(
+                "feature parameters without 'power' come from an amych_tf that used the magnitude "
+                "spectrogram; re-run data_tools.prepare (and retrain) with this version (power spectrogram)"
+            )
         return cls(**dict(values))
 
     def to_dict(self) -> dict:
@@ -184,10 +202,12 @@ def log_mel(waveform: tf.Tensor, config: FeatureConfig) -> tf.Tensor:
         window_fn=tf.signal.hann_window,  # periodic Hann, as librosa/scipy 'hann'
         pad_end=False,
     )
-    magnitude = tf.abs(stft)
-    mel = tf.tensordot(magnitude, mel_weight_matrix(config), axes=1)
+    spectrum = tf.abs(stft)
+    if config.power == 2.0:
+        spectrum = tf.square(spectrum)
+    mel = tf.tensordot(spectrum, mel_weight_matrix(config), axes=1)
     # tensordot loses the static shape of the leading axes; restore it.
-    mel.set_shape(magnitude.shape[:-1].concatenate([config.n_mels]))
+    mel.set_shape(spectrum.shape[:-1].concatenate([config.n_mels]))
     return scale_log(mel)
 
 
@@ -200,10 +220,11 @@ def inverse_log_mel(
 ) -> np.ndarray:
     """Waveform whose log-Mel approximates `log_mel_features` (for listening).
 
-    Undoes the log scaling, solves mel = M^T |X| for a non-negative linear
-    magnitude |X| against this front end's own filterbank M (librosa's NNLS
-    solver), and recovers phase with librosa's Griffin-Lim (momentum 0.99,
-    seeded initial phase so the result is reproducible).
+    Undoes the log scaling, solves mel = M^T |X|^p for a non-negative linear
+    spectrum |X|^p against this front end's own filterbank M (librosa's NNLS
+    solver), takes the p-th root (p = config.power), and recovers phase with
+    librosa's Griffin-Lim (momentum 0.99, seeded initial phase so the result
+    is reproducible).
 
     Args:
       log_mel_features: [frames, n_mels] or [batch, frames, n_mels].
@@ -226,20 +247,28 @@ def inverse_log_mel(
         )
     mel = unscale_log(features).T  # [n_mels, frames]
     basis = mel_weight_matrix(config, dtype=tf.float64).numpy().T  # [n_mels, n_freq_bins]
-    magnitude = librosa.util.nnls(basis, mel)  # [n_freq_bins, frames]
-    num_samples = config.num_samples(features.shape[0])
-    audio = librosa.griffinlim(
+    magnitude = librosa.util.nnls(basis, mel) ** (1.0 / config.power)  # [n_freq_bins, frames]
+    # Our frame t is centred on sample t * hop + n_fft / 2. Griffin-Lim runs with
+    # centred frames (librosa's center=True, frame t centred on t * hop) and the result
+    # is shifted by n_fft / 2: uncentred inversion divides the first and last samples
+    # by a near-zero window overlap, which left a spike at the clip's end that could
+    # outweigh the sound itself (the louder with power features, whose square root
+    # lifts the NNLS floor). The half-windows at both ends stay silent.
+    half = config.n_fft // 2
+    centred = librosa.griffinlim(
         magnitude,
         n_iter=n_iter,
         hop_length=config.hop_length,
         win_length=config.n_fft,
         n_fft=config.n_fft,
         window="hann",
-        center=False,
-        length=num_samples,
+        center=True,
+        length=(features.shape[0] - 1) * config.hop_length + 1,
         random_state=np.random.RandomState(seed),
     )
-    return audio.astype(np.float32)
+    audio = np.zeros(config.num_samples(features.shape[0]), np.float32)
+    audio[half: half + len(centred)] = centred
+    return audio
 
 
 @keras.saving.register_keras_serializable(package="amych_tf")

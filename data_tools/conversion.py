@@ -64,7 +64,7 @@ from data_tools import audio, layouts
 
 # Percent of each class's files per split (NOTES.md), in data.SPLITS order.
 SPLIT_PERCENT = {"train": 70, "validation": 10, "test": 20}
-MANIFEST_COLUMNS = ("split", "label", "class_name", "path", "duration", "num_frames")
+MANIFEST_COLUMNS = ("split", "label", "class_name", "path", "duration", "num_frames", "midi_note")
 SKIPPED_COLUMNS = ("path", "reason")
 DEFAULT_LIBRISPEECH_CLASSES = 128
 DEFAULT_SHARD_SIZE = 1000
@@ -424,12 +424,15 @@ def _convert(plan, class_names, audio_dir, features, storage_dtype, writer, pool
             converted.skipped_per_class[clip.class_name][outcome.kind] += 1
             continue
         log_mel = compute_log_mel(outcome.waveform).numpy()
+        midi_note = layouts.midi_note_from_filename(clip.path)
         example = data.encode_example(
-            log_mel, label=clip.label, class_name=clip.class_name, path=clip.path, storage_dtype=storage_dtype
+            log_mel, label=clip.label, class_name=clip.class_name, path=clip.path, storage_dtype=storage_dtype,
+            midi_note=midi_note,
         )
         writer.write(clip.split, example)
         converted.manifest_rows.append(
-            (clip.split, clip.label, clip.class_name, clip.path, f"{outcome.source_duration:.6f}", log_mel.shape[0])
+            (clip.split, clip.label, clip.class_name, clip.path, f"{outcome.source_duration:.6f}", log_mel.shape[0],
+             midi_note)
         )
         converted.class_counts[clip.split][clip.class_name] += 1
     return converted

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 
 from data_tools.audio import AUDIO_EXTENSIONS, is_audio_filename
 
@@ -50,6 +51,13 @@ SOL_PAPER_CLASSES = (
     "Strings/Violin-sordina", "Keyboards/Accordion", "Oboes/Oboe", "Oboes/Oboe-sordina",
     "Clarinets/Clarinet-Bb",
 )
+# A note name token of a file name: letter, optional sharp/flat, octave (scientific pitch, C4 = 60).
+_NOTE_TOKEN = re.compile(r"^([A-Ga-g])([#b]?)(\d)$")
+# A plain MIDI note number token: two or three digits, no leading zero (an index such as "017"
+# or a take number "3" is not a note), within the piano's range (PLAIN_MIDI_RANGE).
+_MIDI_TOKEN = re.compile(r"^[1-9]\d{1,2}$")
+PLAIN_MIDI_RANGE = (21, 108)
+_PITCH_CLASSES = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
 # Class names listed in full in a warning before it is shortened.
 MAX_NAMES_IN_WARNING = 10
 
@@ -72,6 +80,33 @@ class Discovery:
         kept = {name: self.files[name] for name in class_names}
         num_dropped = self.num_files - sum(len(paths) for paths in kept.values())
         return Discovery(list(class_names), kept, self.num_ignored + num_dropped, list(self.warnings))
+
+
+def midi_note_from_filename(path: str) -> int:
+    """The MIDI note a file name announces, -1 if none.
+
+    The name (without folders and extension) is cut at '-' and '_'. The first
+    token that is a note name counts: SOL's `Vn-ord-A#3-ff-4c-N.wav` -> A#3 = 58
+    (scientific pitch: C4 = 60, A4 = 69; '#' and 'b' accepted). Failing that,
+    the first plain MIDI number: a token of two or three digits without a
+    leading zero within the piano's range 21-108 (`Flute-60-mf.wav` -> 60).
+    The restrictions keep take numbers and indices from passing for notes:
+    `note-3.wav` and `Reed-mf-017.wav` announce none.
+    """
+    stem = os.path.splitext(path.replace("\\", "/").rsplit("/", 1)[-1])[0]
+    tokens = re.split(r"[-_]", stem)
+    for token in tokens:
+        match = _NOTE_TOKEN.match(token)
+        if match:
+            letter, accidental, octave = match.groups()
+            offset = {"#": 1, "b": -1, "": 0}[accidental]
+            note = 12 * (int(octave) + 1) + _PITCH_CLASSES[letter.upper()] + offset
+            if 0 <= note <= 127:
+                return note
+    for token in tokens:
+        if _MIDI_TOKEN.match(token) and PLAIN_MIDI_RANGE[0] <= int(token) <= PLAIN_MIDI_RANGE[1]:
+            return int(token)
+    return -1
 
 
 def list_audio_files(audio_dir: str) -> list[str]:

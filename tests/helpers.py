@@ -45,12 +45,13 @@ def make_prepared_dir(
     sample_rate=16000,
     n_fft=1024,
     hop_length=512,
+    midi_note=lambda index: -1,
 ):
     """Write a tiny prepared dataset (the schema of amych_tf.data) without data_tools.prepare.
 
     `lengths`: frames per clip, one list used for every split, or a dict split -> list.
     Clip i of a split has label i % num_classes, path "<split>/clip-<i>.wav" and
-    log-Mel `spectrogram(i, num_frames, num_mels)`; shards hold `shard_size`
+    log-Mel `spectrogram(i, num_frames, num_mels)` and note `midi_note(i)`; shards hold `shard_size`
     clips in order, and manifest.csv lists them. Returns the DatasetInfo.
     """
     import os
@@ -81,6 +82,7 @@ def make_prepared_dir(
                             class_name=class_names[label],
                             path=clip_path,
                             storage_dtype=storage_dtype,
+                            midi_note=midi_note(i),
                         )
                     )
                     manifest.append(f"{split},{label},{class_names[label]},{clip_path},1.0,{clips[i]}")

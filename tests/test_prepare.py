@@ -177,6 +177,7 @@ def test_stored_log_mel_is_the_front_end_of_the_mono_resampled_audio(sol_tree, t
         assert (example["split"], example["label"], example["class_name"].decode()) == (
             row["split"], int(row["label"]), row["class_name"]
         )
+        assert example["midi_note"] == int(row["midi_note"]) == layouts.midi_note_from_filename(row["path"])
         expected = expected_log_mel(os.path.join(sol_tree, row["path"]), SMALL_CONFIG)
         assert example["num_frames"] == int(row["num_frames"]) == expected.shape[0] >= data.MIN_FRAMES
         np.testing.assert_allclose(example["log_mel"], expected, atol=1e-6, err_msg=row["path"])
@@ -189,6 +190,22 @@ def test_stored_log_mel_is_the_front_end_of_the_mono_resampled_audio(sol_tree, t
     assert by_path[SHORT_FILE]["num_frames"] == str(data.MIN_FRAMES)  # 160 samples < n_fft: tiled
     assert by_path["Flutes/Flute/ordinario/note-0.wav"]["num_frames"] == "24"  # 0.4 s at 8 kHz, untiled
     assert MP3_FILE in by_path
+
+
+@pytest.mark.parametrize("path, note", [
+    ("Strings/Violin/ordinario/Vn-ord-A#3-ff-4c-N.wav", 58),  # SOL naming
+    ("Tubas/Bass-Tuba/ordinario/BTb-ord-C#1-ff-N.wav", 25),
+    ("Flutes/Flute/ordinario/Fl-ord-Bb5-pp.wav", 82),
+    ("Synth/Reed/ordinario/Reed-A3-mf-017.wav", 57),  # make_demo
+    ("Strings/Violin/ordinario/Violin-C4-v80-0.wav", 60),  # render_soundfont
+    ("PluckedStrings/Guitar/ordinario/Gtr-ord-e2-mf.wav", 40),  # lower-case letter
+    ("Flutes/Flute/x/Flute-60-mf.wav", 60),  # a plain MIDI number
+    ("Flutes/Flute/ordinario/note-3.wav", -1),  # a take number is not a note
+    ("Synth/Reed/ordinario/Reed-mf-017.wav", -1),
+    ("speaker/chapter/19-198-0001.flac", -1),  # LibriSpeech: out of the piano's range or zero-led
+])
+def test_midi_note_from_filename(path, note):
+    assert layouts.midi_note_from_filename(path) == note
 
 
 def test_real_sol_preset_on_very_short_audio(tmp_path):

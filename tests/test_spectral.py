@@ -12,15 +12,15 @@ from helpers import harmonic_tone
 
 
 def librosa_log_mel(waveform, config):
-    """Independent reference: librosa's HTK mel spectrogram (magnitude, no centring)."""
-    magnitude = np.abs(
+    """Independent reference: librosa's HTK mel spectrogram of |X|^power (no centring)."""
+    spectrum = np.abs(
         librosa.stft(waveform, n_fft=config.n_fft, hop_length=config.hop_length, window="hann", center=False)
-    )
+    ) ** config.power
     basis = librosa.filters.mel(
         sr=config.sample_rate, n_fft=config.n_fft, n_mels=config.n_mels,
         fmin=config.fmin, fmax=config.fmax, htk=True, norm=None,
     )
-    return ((np.log10(basis @ magnitude + 1e-10) + 10.0) / 17.0).T
+    return ((np.log10(basis @ spectrum + 1e-10) + 10.0) / 17.0).T
 
 
 def test_presets_hold_the_papers_settings():
@@ -43,18 +43,23 @@ def test_config_round_trips_and_reports_mismatches():
     with pytest.raises(ValueError, match="fmax"):
         FeatureConfig(sample_rate=16000, n_fft=1024, hop_length=512, fmax=9000)
     with pytest.raises(ValueError, match="Unknown feature parameters"):
-        FeatureConfig.from_dict({**config.to_dict(), "power": 2})
+        FeatureConfig.from_dict({**config.to_dict(), "window": "hann"})
+    # Parameters written before `power` existed describe magnitude features: an error, not a default.
+    with pytest.raises(ValueError, match="magnitude spectrogram; re-run data_tools.prepare"):
+        FeatureConfig.from_dict({k: v for k, v in config.to_dict().items() if k != "power"})
+    with pytest.raises(ValueError, match=r"power: 2.0 != 1.0"):
+        config.check_compatible(FeatureConfig(**{**config.to_dict(), "power": 1}), what="dataset")
 
 
-@pytest.mark.parametrize("preset", ["sol", "librispeech"])
-def test_log_mel_matches_librosa_htk(preset):
+@pytest.mark.parametrize("preset,power", [("sol", 2.0), ("librispeech", 2.0), ("librispeech", 1.0)])
+def test_log_mel_matches_librosa_htk(preset, power):
     """Broadband noise plus a tone, so every mel band carries energy.
 
     Tolerance: 1e-3 in scaled units (0.017 in log10, i.e. 4% in mel magnitude);
     measured differences are below 2e-4, from float32 arithmetic and TF building
     the triangles on the mel axis where librosa builds them on the Hz axis.
     """
-    config = FeatureConfig.preset(preset)
+    config = FeatureConfig(**{**spectral.PRESETS[preset], "power": power})
     rng = np.random.default_rng(1)
     waveform = 0.05 * rng.normal(size=config.sample_rate).astype(np.float32)
     waveform += harmonic_tone(330.0, config.sample_rate)
@@ -103,9 +108,10 @@ def test_inverse_of_a_tone_is_a_tone_at_the_same_pitch(f0):
     assert audio.dtype == np.float32 and audio.shape == (config.num_samples(features.shape[0]),)
     assert np.all(np.isfinite(audio)) and np.abs(audio).max() > 0.01
     assert abs(dominant_pitch(audio, config.sample_rate) / f0 - 1.0) < 0.02
-    # and its log-Mel resembles the input's (Griffin-Lim is approximate)
+    # and its log-Mel resembles the input's (Griffin-Lim is approximate); a power
+    # log-Mel has twice the log contrast of a magnitude one, hence the tolerance.
     again = spectral.log_mel(audio[None], config).numpy()[0]
-    assert np.mean(np.abs(again - features)) < 0.05
+    assert np.mean(np.abs(again - features)) < 0.05 * config.power
     batch = spectral.inverse_log_mel(np.stack([features, features]), config, n_iter=4)
     assert batch.shape == (2, audio.shape[0])
 
