@@ -294,7 +294,8 @@ def refine_apnet(model, strategy, train_data, validation_data, info, checkpoints
     if os.path.exists(best):
         model.load_weights(best)
     before = model.evaluate(validation_data, verbose=0, return_dict=True)["accuracy"]
-    refined, kept = model.refined_copy()
+    with strategy.scope():
+        refined, kept = model.refined_copy()
     compile_baseline(refined, strategy)
     refined_checkpoints = os.path.join(checkpoints, "refined")
     os.makedirs(refined_checkpoints, exist_ok=True)
@@ -406,6 +407,7 @@ def run(info, num_prototypes) -> dict:
         budget["selected_epoch"] = selected_epochs(baseline_selection)
     if FLAGS.refine_epochs:
         model, budget["refinement"] = refine_apnet(model, strategy, train_data, validation_data, info, checkpoints)
+        write_run_files(out_dir, model, info)  # config.json must describe the model the checkpoints hold
     if os.path.exists(best):
         model.load_weights(best)
     if hasattr(model, "fit_clusters") and not os.path.exists(best if model.mode == "unsupervised" else best_clustering):
