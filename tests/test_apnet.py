@@ -353,9 +353,12 @@ def test_decode_prototypes_reads_a_split_batch_by_batch(tmp_path):
     # spectra and nearest clips as the whole split in one padded array.
     lengths = {"train": [20, 32, 40, 24, 64, 36, 32], "validation": [], "test": []}
     info = make_prepared_dir(tmp_path / "data", lengths, num_mels=FEATURES.n_mels, spectrogram=class_band_log_mel)
-    split = data.evaluation_dataset(str(tmp_path / "data"), "train", batch_size=3, info=info)
+    split = data.evaluation_dataset(str(tmp_path / "data"), "train", batch_size=3, info=info, with_metadata=True)
     model = tiny_model()
     spectra, nearest = model.decode_prototypes(split, return_nearest=True)
+    # Batches group clips by padded length: nearest counts clips as they come; "index" is their file order.
+    file_index = np.concatenate([features["index"].numpy() for features, _ in split])
+    nearest = file_index[nearest]
 
     clips = [class_band_log_mel(i, n, FEATURES.n_mels) for i, n in enumerate(lengths["train"])]
     padded = np.stack([np.resize(c, (64, FEATURES.n_mels)) for c in clips])
