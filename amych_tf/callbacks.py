@@ -3,7 +3,8 @@
 Curriculum (section 3.4, NOTES.md): raw prototypes -> gain -> pitch -> filters
 -> (supervised: beta starts learning, i.e. the cross-entropy takes effect) ->
 learning rate / 10. A stage ends when the epoch's training loss has not
-improved for `patience` epochs (the learning-rate stage waits twice as long).
+improved for `patience` epochs (the learning-rate stage waits twice as long);
+epochs that end inside a stage's warm-up do not count (as the authors).
 At each activation the new transformation is switched on through the model's
 gate variable (no retrace) and the learning rates of its decoder and of the
 encoder rise linearly from 0.001x over `warmup_steps` batches; decoders whose
@@ -50,14 +51,21 @@ class Curriculum(keras.callbacks.Callback):
       checkpoint_dir: where to save the weights at the end of every stage
         (`stage-<i>-<name>.weights.h5`), or None.
       min_delta: an improvement smaller than this does not count.
+      prototypes_from: the stage from which the prototypes learn ("raw", the
+        paper's, by default). Before it they keep their initial values (real
+        clips, `amych_tf.initialization`), which stops the raw and gain stages
+        from averaging them into a smooth envelope before the pitch shift can
+        align them with the inputs (README, "Hearing fidelity").
     """
 
     def __init__(self, mode, learning_rate, patience=10, warmup_steps=2000, stop_stage=None,
-                 checkpoint_dir=None, min_delta=0.0):
+                 checkpoint_dir=None, min_delta=0.0, prototypes_from="raw"):
         super().__init__()
         self.stages = curriculum_stages(mode)
-        if stop_stage is not None and stop_stage not in self.stages:
-            raise ValueError(f"stop_stage {stop_stage!r} is not a stage of {mode} training: {self.stages}")
+        for name, stage in (("stop_stage", stop_stage), ("prototypes_from", prototypes_from)):
+            if stage is not None and stage not in self.stages:
+                raise ValueError(f"{name} {stage!r} is not a stage of {mode} training: {self.stages}")
+        self.prototypes_from = prototypes_from
         self.learning_rate = float(learning_rate)
         self.patience = int(patience)
         self.warmup_steps = int(warmup_steps)
@@ -92,7 +100,7 @@ class Curriculum(keras.callbacks.Callback):
         for transformation, decoder in DECODER_OF_STAGE.items():
             optimizer.set_group_scale(decoder, 1.0 if self._reached(transformation, index) else 0.0)
         optimizer.set_group_scale("encoder", 1.0 if active else 0.0)
-        optimizer.set_group_scale("prototypes", 1.0)
+        optimizer.set_group_scale("prototypes", 1.0 if self._reached(self.prototypes_from, index) else 0.0)
         optimizer.set_group_scale("beta", BETA_LEARNING_RATE_SCALE if self._reached("ce", index) else 0.0)
         decay = 0.1 if self._reached("lr_decay", index) else 1.0
         optimizer.learning_rate.assign(self.learning_rate * decay)
@@ -115,9 +123,13 @@ class Curriculum(keras.callbacks.Callback):
         state = self._state()
         self._apply_stage(int(state[STAGE]), state[WARMUP])
 
+    def _warming_up(self, state) -> bool:
+        """True while the current stage's warm-up has batches left."""
+        return state[WARMUP] < self.warmup_steps and self.stages[int(state[STAGE])] in DECODER_OF_STAGE
+
     def on_train_batch_begin(self, batch, logs=None):
         state = self._state()
-        if state[WARMUP] < self.warmup_steps and self.stages[int(state[STAGE])] in DECODER_OF_STAGE:
+        if self._warming_up(state):
             state[WARMUP] += 1
             self._set_state(state)
             self._apply_warmup(int(state[STAGE]), state[WARMUP])
@@ -127,7 +139,13 @@ class Curriculum(keras.callbacks.Callback):
         state = self._state()
         index = int(state[STAGE])
         loss = float(np.float32(loss))  # the state is float32: compare like with like
-        if math.isfinite(loss) and loss < state[BEST] - self.min_delta:
+        if self._warming_up(state):
+            # As the authors: patience counts from the end of the stage's warm-up, when
+            # the new transformation learns at its full rate.
+            if math.isfinite(loss):
+                state[BEST] = min(state[BEST], loss)
+            state[WAIT] = 0
+        elif math.isfinite(loss) and loss < state[BEST] - self.min_delta:
             state[BEST], state[WAIT] = loss, 0
         else:
             state[WAIT] += 1
@@ -156,7 +174,10 @@ class Curriculum(keras.callbacks.Callback):
 class Reassignment(keras.callbacks.Callback):
     """Reassigns empty clusters after each epoch (unsupervised, from DTI clustering).
 
-    A prototype whose share of the epoch's assignments is below
+    Shares are those of the epoch's *training* batches (the model's
+    `train_assignment_counts`, reset here at each epoch's start): the
+    validation pass, which runs before on_epoch_end, resets and refills the
+    model's other counts. A prototype whose share of the epoch's assignments is below
     `threshold / K` is replaced by a copy of a donor prototype drawn with
     probability proportional to its share; both get N(0, noise) noise, and the
     copy takes over the donor's Adam moments and the output weights (and their
@@ -170,9 +191,12 @@ class Reassignment(keras.callbacks.Callback):
         self.rng = np.random.default_rng(seed)
         self.history = []  # (epoch, [(reset prototype, donor), ...])
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.train_assignment_counts.reset_state()
+
     def on_epoch_end(self, epoch, logs=None):
         model = self.model
-        counts = np.array(model.assignment_counts.result())
+        counts = np.array(model.train_assignment_counts.result())
         total = counts.sum()
         if total <= 0:
             return
@@ -211,6 +235,53 @@ class Reassignment(keras.callbacks.Callback):
                     values = np.array(tensor.numpy())
                     values[..., columns_target] = values[..., columns_donor]
                     tensor.assign(values)
+
+
+class FidelityMetrics(keras.callbacks.Callback):
+    """Hearing fidelity of the validation clips, every `every_epochs` epochs, in the epoch's logs.
+
+    Adds val_fine_structure_explained, val_crispness_median, val_crispness_min,
+    val_pitch_r and val_pitch_slope (amych_tf.metrics; the pitch values only
+    when the data know the notes and the pitch stage is on). Keras' TensorBoard
+    callback, which must come after this one, writes them to logs/validation
+    as `epoch_<name>`, next to val_loss; History and CSV loggers get them too.
+
+    Args:
+      validation: `amych_tf.data.evaluation_dataset(..., with_metadata=True)` of the validation split.
+      class_averages: [C, F] average training spectrum of each class (crispness is relative to it).
+      every_epochs: 0 never.
+    Unsupervised models map each prototype to the majority class of the
+    validation clips it wins (evaluate uses the training majority).
+    """
+
+    def __init__(self, validation, class_averages, every_epochs=1):
+        super().__init__()
+        self.validation = validation
+        self.class_averages = np.asarray(class_averages)
+        self.every_epochs = every_epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None or not self.every_epochs or (epoch + 1) % self.every_epochs:
+            return
+        from amych_tf import evaluate, metrics
+
+        model = self.model
+        explanations = evaluate.collect_explanations(model, self.validation)
+        winners = explanations["rec_errors"].argmin(1)
+        if model.mode == "supervised":
+            classes = np.where(np.arange(model.num_prototypes) < len(self.class_averages),
+                               np.arange(model.num_prototypes), -1)
+        else:
+            classes = metrics.majority_mapping(explanations["labels"], winners, model.num_prototypes)
+        fidelity = evaluate.fidelity_summary(model, explanations, self.class_averages, classes)
+        values = {
+            "val_fine_structure_explained": fidelity["fine_structure_explained"],
+            "val_crispness_median": fidelity["prototype_crispness"]["median"],
+            "val_crispness_min": fidelity["prototype_crispness"]["min"],
+            "val_pitch_r": fidelity["pitch_tracking"]["r_median"],
+            "val_pitch_slope": fidelity["pitch_tracking"]["slope_median"],
+        }
+        logs.update({name: value for name, value in values.items() if value is not None})
 
 
 class NonFiniteLossError(RuntimeError):

@@ -19,9 +19,15 @@ on; its feature parameters must equal the model's (error otherwise).
 * OA = accuracy over clips, AA = mean over classes of per-class accuracy,
   L_rec = mean reconstruction error of the winning prototype (null for
   baselines, which have no per-class reconstruction).
+* Hearing fidelity (PlayablePrototypes, "fidelity" in the JSON; definitions in
+  amych_tf.metrics): the fine structure of the inputs explained by the
+  winners' reconstructions, each prototype's crispness against its class's
+  average training spectrum (median, min), and pitch tracking (Pearson r and
+  slope of the winner's pitch shift against the clip's MIDI note, medians over
+  prototypes) where the data know the notes.
 
 Writes the JSON to `--output` (default `<model_dir>/eval-<split>.json`) and the
-confusion matrix as a PNG beside it; prints one summary line.
+confusion matrix as a PNG beside it; prints a summary (a second line for fidelity).
 """
 
 from __future__ import annotations
@@ -181,13 +187,72 @@ def collect_predictions(model, dataset, clustering: bool = False):
     return np.concatenate(winners), None, np.concatenate(labels)
 
 
+def class_average_spectra(data_dir: str, info, batch_size: int = 32):
+    """Average training spectrum of each class over its real frames, [C, F] (for crispness)."""
+    from amych_tf import data, metrics
+
+    averages = metrics.ClassAverageSpectra(info.num_classes, info.features.n_mels)
+    for features, labels in data.evaluation_dataset(data_dir, "train", batch_size=batch_size, info=info):
+        averages.update(features["log_mel"].numpy(), features["mask"].numpy(), labels.numpy())
+    return averages.result()
+
+
+def collect_explanations(model, dataset) -> dict:
+    """One pass of a PlayablePrototypes model over batches of (features with metadata, labels).
+
+    Returns rec_errors [N, K], labels [N], midi_notes [N] (-1 unknown), the
+    winner's pitch shift per clip in semitones [N] (`metrics.pitch_semitones`)
+    and the split's `metrics.FineStructureExplained` of the winners' reconstructions.
+    """
+    import numpy as np
+
+    from amych_tf import metrics
+
+    explain = traced(model, "explain_winner", lambda m, features: m.explain_winner(features))
+    fine = metrics.FineStructureExplained()
+    rec_errors, labels, notes, semitones = [], [], [], []
+    for features, batch_labels in dataset:
+        outputs = explain({"log_mel": features["log_mel"], "mask": features["mask"]})
+        mask = features["mask"].numpy()
+        fine.update(features["log_mel"].numpy(), outputs["reconstruction"].numpy(), mask)
+        rec_errors.append(outputs["rec_errors"].numpy())
+        labels.append(batch_labels.numpy())
+        notes.append(features["midi_note"].numpy())
+        semitones.append(metrics.pitch_semitones(outputs["pitch_ratio"].numpy(), mask))
+    return {"rec_errors": np.concatenate(rec_errors), "labels": np.concatenate(labels),
+            "midi_notes": np.concatenate(notes), "semitones": np.concatenate(semitones), "fine_structure": fine}
+
+
+def fidelity_summary(model, explanations: dict, class_averages, classes) -> dict:
+    """The hearing-fidelity metrics (amych_tf.metrics) of one pass of `collect_explanations`.
+
+    `classes` [K]: the class of each prototype (-1: none), which picks the class
+    average each prototype's crispness is measured against.
+    """
+    from amych_tf import listen, metrics
+
+    names = listen.prototype_names(model)
+    winners = explanations["rec_errors"].argmin(1)
+    return {
+        "fine_structure_explained": explanations["fine_structure"].result(),
+        "prototype_crispness": metrics.prototype_crispness(
+            model.prototypes.numpy(), class_averages, classes, names),
+        "pitch_tracking": metrics.pitch_tracking(
+            winners, explanations["semitones"], explanations["midi_notes"], model.num_prototypes, names),
+    }
+
+
 def evaluate_model(model, data_dir: str, split: str = "test", batch_size: int = 32, info=None,
                    clustering: bool | None = None) -> dict:
     """The metrics of `model` on a split (see the module docstring).
 
     `clustering` (baselines with K-means): evaluate clusters mapped to classes
     by the training majority; default: only for models that do not classify.
+    PlayablePrototypes also get their hearing fidelity ("fidelity": fine
+    structure explained, prototype crispness, pitch tracking; amych_tf.metrics).
     """
+    import numpy as np
+
     from amych_tf import data, metrics
 
     info = info or data.load_dataset_info(data_dir, expected_features=model.feature_config)
@@ -196,19 +261,30 @@ def evaluate_model(model, data_dir: str, split: str = "test", batch_size: int = 
         raise EvaluationError(f"{type(model).__name__} has no clusters to evaluate")
     num_winners = model.num_prototypes
 
-    def predictions_on(name):
-        return collect_predictions(
-            model, data.evaluation_dataset(data_dir, name, batch_size=batch_size, info=info), clustering)
+    def split_data(name, with_metadata=False):
+        return data.evaluation_dataset(data_dir, name, batch_size=batch_size, info=info, with_metadata=with_metadata)
 
-    winners, rec_of_winner, labels = predictions_on(split)
+    explanations = None
+    if is_playable(model):
+        explanations = collect_explanations(model, split_data(split, with_metadata=True))
+        labels, rec_errors = explanations["labels"], explanations["rec_errors"]
+        winners = rec_errors.argmin(1)
+        rec_of_winner = rec_errors[np.arange(len(winners)), winners]
+    else:
+        winners, rec_of_winner, labels = collect_predictions(model, split_data(split), clustering)
     mapping = None
     if clustering:
-        train_winners, _, train_labels = predictions_on("train")
+        train_winners, _, train_labels = collect_predictions(model, split_data("train"), clustering)
         mapping = metrics.majority_mapping(train_labels, train_winners, num_winners)
     summary = metrics.summarise(labels, winners, rec_of_winner, info.num_classes, mapping=mapping,
                                 class_names=info.class_names)
     summary.update(split=split, mode="unsupervised" if clustering else "supervised", num_prototypes=num_winners,
                    model=type(model).__name__)
+    if explanations is not None:
+        classes = mapping if mapping is not None else np.where(np.arange(num_winners) < info.num_classes,
+                                                               np.arange(num_winners), -1)
+        summary["fidelity"] = fidelity_summary(
+            model, explanations, class_average_spectra(data_dir, info, batch_size), classes)
     return summary
 
 
@@ -227,10 +303,24 @@ def write_report(summary: dict, output: str, class_names) -> None:
         f.write(plots.figure_to_png(figure))
 
 
+def fidelity_line(fidelity: dict) -> str:
+    """fine structure explained, crispness median/min, pitch tracking r/slope medians, on one line."""
+    def number(value, digits=2):
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
+    crisp, pitch = fidelity["prototype_crispness"], fidelity["pitch_tracking"]
+    return (f"fine structure {number(fidelity['fine_structure_explained'])}  "
+            f"crispness {number(crisp['median'])} (min {number(crisp['min'])})  "
+            f"pitch r {number(pitch['r_median'])} slope {number(pitch['slope_median'])}")
+
+
 def summary_line(summary: dict) -> str:
     rec = "" if summary["rec_error"] is None else f"L_rec {summary['rec_error']:.4f}  "
-    return (f"{summary['split']} OA {100 * summary['overall_accuracy']:.1f}%  "
+    line = (f"{summary['split']} OA {100 * summary['overall_accuracy']:.1f}%  "
             f"AA {100 * summary['average_accuracy']:.1f}%  {rec}({summary['num_examples']} clips)")
+    if "fidelity" in summary:
+        line += "\n" + f"{summary['split']} " + fidelity_line(summary["fidelity"])
+    return line
 
 
 def main(argv):

@@ -257,6 +257,10 @@ class PlayablePrototypes(PrebuiltModel):
         self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
         self.average_accuracy = AverageAccuracy(num_classes)
         self.assignment_counts = AssignmentCounts(num_prototypes)
+        # The epoch's *training* assignments, for the reassignment callback, which
+        # resets it at each epoch's start. Not in `metrics`: Keras resets those when
+        # validation starts, and validation must not overwrite what training counted.
+        self.train_assignment_counts = AssignmentCounts(num_prototypes, name="train_assignment_counts")
 
     # -- the model -----------------------------------------------------------------------
 
@@ -297,15 +301,41 @@ class PlayablePrototypes(PrebuiltModel):
         return reconstruction.reconstructions(
             self.shifted_prototypes(parameters["pitch_ratio"]), *_additive(parameters))
 
-    def call(self, inputs, training=None, return_details=False):
+    def _rec_errors_and_parameters(self, inputs, training):
+        """L_rec(x, k) [B, K] (eq. 6) and the gated parameters, each [B, T, K]."""
         log_mel, mask = unpack_features(inputs)
         parameters = self.gated_parameters(self.transformation_parameters(log_mel, training=training))
         per_frame = reconstruction.frame_errors(
             log_mel, self.shifted_prototypes(parameters["pitch_ratio"]), *_additive(parameters))
-        outputs = {"rec_errors": masked_mean_over_time(per_frame, mask)}
+        return masked_mean_over_time(per_frame, mask), parameters
+
+    def call(self, inputs, training=None, return_details=False):
+        rec_errors, parameters = self._rec_errors_and_parameters(inputs, training)
+        outputs = {"rec_errors": rec_errors}
         if return_details:
             outputs.update(parameters, reconstructions=self.reconstruct(parameters))
         return outputs
+
+    def explain_winner(self, inputs) -> dict[str, tf.Tensor]:
+        """The winning prototype of each example and how it was bent onto the input (inference).
+
+        Returns rec_errors [B, K], winner int32 [B] (argmin_k L_rec), the
+        winner's gated parameters (gain, pitch_ratio, low_cutoff, low_slope,
+        high_cutoff, high_slope), each [B, T], and its reconstruction [B, T, F]
+        by eq. 5 through the exact `transforms.transform` (training's errors use
+        the pitch table of `amych_tf.reconstruction`, within the bound its tests
+        check). Costs [B, T, F] beyond the errors instead of return_details'
+        [B, T, K, F].
+        """
+        rec_errors, parameters = self._rec_errors_and_parameters(inputs, training=False)
+        winner = self.predict_classes(rec_errors)
+        chosen = {name: tf.gather(value, winner, axis=2, batch_dims=1) for name, value in parameters.items()}
+        prototype = tf.gather(tf.convert_to_tensor(self.prototypes), winner)[:, tf.newaxis, :]  # [B, 1, F]
+        rebuilt = transforms.transform(
+            prototype, gain_db=chosen["gain"], pitch_ratio=chosen["pitch_ratio"], low_slope=chosen["low_slope"],
+            low_cutoff=chosen["low_cutoff"], high_slope=chosen["high_slope"], high_cutoff=chosen["high_cutoff"],
+            mel_values=self.mel_values)
+        return {"rec_errors": rec_errors, "winner": winner, "reconstruction": rebuilt, **chosen}
 
     def predict_classes(self, rec_errors: tf.Tensor) -> tf.Tensor:
         """The winning prototype of each example, argmin_k L_rec: [B, K] -> [B]."""
@@ -364,6 +394,7 @@ class PlayablePrototypes(PrebuiltModel):
             loss = tf.nn.compute_average_loss(per_example)
         gradients = tape.gradient(loss, self.trainable_variables)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
+        self.train_assignment_counts.update_state(self.predict_classes(rec_errors))
         return self._update_metrics(per_example, rec, ce, rec_errors, labels)
 
     def test_step(self, data):

@@ -7,7 +7,10 @@ ends (amych_tf.callbacks.Curriculum). Each row evaluates one of them with
 amych_tf.evaluate: the model with transformations up to that stage, i.e. the
 paper's rows "raw prototypes", "+ gain", "+ pitch", "+ filters", "+ CE"
 (supervised) and the final learning-rate decay. Stages the run did not reach
-(or stopped before, --curriculum_stop) are absent.
+(or stopped before, --curriculum_stop) are absent. Beside OA, AA and L_rec each
+row has the hearing fidelity (amych_tf.metrics): fine structure explained,
+prototype crispness (median, min) and pitch tracking (r and slope medians; "—"
+where the data know no notes or the pitch stage is off).
 
 Writes a Markdown table (`--output`, default `<model_dir>/table1-<split>.md`)
 and the same rows as JSON beside it; prints the table.
@@ -62,19 +65,33 @@ def table_rows(model_dir: str, data_dir: str | None = None, split: str = "valida
     for index, stage, path in checkpoints:
         model.load_weights(path)
         summary = evaluate.evaluate_model(model, data_dir, split, batch_size, info=info)
+        fidelity = summary["fidelity"]
         rows.append({"stage": index, "name": stage, "row": ROW_NAMES.get(stage, stage),
                      "overall_accuracy": summary["overall_accuracy"],
                      "average_accuracy": summary["average_accuracy"], "rec_error": summary["rec_error"],
+                     "fine_structure_explained": fidelity["fine_structure_explained"],
+                     "crispness_median": fidelity["prototype_crispness"]["median"],
+                     "crispness_min": fidelity["prototype_crispness"]["min"],
+                     "pitch_r_median": fidelity["pitch_tracking"]["r_median"],
+                     "pitch_slope_median": fidelity["pitch_tracking"]["slope_median"],
                      "checkpoint": os.path.relpath(path, model_dir)})
     return rows, config["model"]["mode"]
 
 
+def _number(value, digits: int = 2) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
 def markdown(rows, mode: str, split: str) -> str:
     lines = [f"Table 1 ({mode}, {split} split)", "",
-             "| curriculum stage | OA (%) | AA (%) | L_rec |", "|---|---|---|---|"]
+             "| curriculum stage | OA (%) | AA (%) | L_rec | fine structure | crispness median | crispness min "
+             "| pitch r | pitch slope |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['row']} | {100 * row['overall_accuracy']:.1f} | {100 * row['average_accuracy']:.1f} "
-                     f"| {row['rec_error']:.4f} |")
+                     f"| {row['rec_error']:.4f} | {_number(row['fine_structure_explained'])} "
+                     f"| {_number(row['crispness_median'])} | {_number(row['crispness_min'])} "
+                     f"| {_number(row['pitch_r_median'])} | {_number(row['pitch_slope_median'])} |")
     return "\n".join(lines) + "\n"
 
 

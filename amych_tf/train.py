@@ -68,17 +68,23 @@ def define_flags() -> None:
     flags.DEFINE_float("lambda_ce", 0.01, "Weight of the cross-entropy term (eq. 9, supervised).")
     flags.DEFINE_float("beta_init", -4.0, "Initial free parameter of beta = softplus(.) (paper: -4). beta learns from "
                        "the curriculum's 'ce' stage at 5x the learning rate; a short run needs a larger start.")
+    flags.DEFINE_enum("prototypes_learn_from", "raw", ["raw", "gain", "pitch", "filters", "ce", "lr_decay"],
+                      "Curriculum stage from which the prototypes learn; before it they keep their initial values "
+                      "(real clips). 'raw' is the paper's; README, 'Hearing fidelity', has the measurements.")
     flags.DEFINE_enum("curriculum_stop", None, ["raw", "gain", "pitch", "filters", "ce", "lr_decay"],
                       "Stop training when this curriculum stage plateaus (Table 1 rows). Default: all stages.")
     if "seed" not in FLAGS:  # data_tools.prepare defines it too when both are imported (tests)
         flags.DEFINE_integer("seed", 0, "Seed of initialisation, shuffling and augmentation.")
     flags.DEFINE_boolean("augment", True, "Training-time augmentation (pitch, bias, noise).")
-    flags.DEFINE_integer("init_examples", 2000, "Training clips used to initialise the prototypes.")
+    flags.DEFINE_integer("init_examples", 2000, "Training clips, drawn uniformly, that initialise the prototypes "
+                         "(supervised: each class's medoid; unsupervised: k-means++ seeding).")
     flags.DEFINE_integer("validation_freq", 1, "Validate on full clips every N epochs.")
     flags.DEFINE_integer("checkpoint_freq", 1, "Save checkpoints/latest.weights.h5 every N epochs.", lower_bound=1)
     flags.DEFINE_string("log_freq", "epoch", "TensorBoard scalar frequency: 'epoch' or a number of batches.")
     flags.DEFINE_integer("media_freq", 5, "TensorBoard images/audio/histograms every N epochs (0 = never).")
     flags.DEFINE_integer("media_examples", 4, "Validation clips shown in TensorBoard.")
+    flags.DEFINE_integer("fidelity_freq", 1, "Hearing fidelity of the validation clips (val_fine_structure_explained, "
+                         "val_crispness_*, val_pitch_*) every N epochs (0 = never).", lower_bound=0)
     flags.DEFINE_boolean("jit_compile", False, "Compile the train step with XLA. Off: on 2 CPU cores the step measured "
                          "1.75 s without XLA and 2.19 s with it (benchmarks/RESULTS-train.md).")
     flags.DEFINE_list("devices", None, "Devices for MirroredStrategy, e.g. /cpu:0,/cpu:1. Default: all GPUs, else CPU.")
@@ -126,6 +132,11 @@ def check_flags(info_loader=None):
             f"--num_prototypes={num_prototypes} is smaller than the {info.num_classes} classes of the dataset; "
             "supervised mode ties prototype k to class k"
         )
+    from amych_tf.callbacks import curriculum_stages
+
+    if FLAGS.prototypes_learn_from not in curriculum_stages(FLAGS.mode):
+        raise FlagError(f"--prototypes_learn_from={FLAGS.prototypes_learn_from} is not a stage of {FLAGS.mode} "
+                        f"training: {', '.join(curriculum_stages(FLAGS.mode))}")
     multiple = 2**4
     if FLAGS.train_frames < multiple or FLAGS.train_frames % multiple:
         raise FlagError(f"--train_frames={FLAGS.train_frames} must be a positive multiple of {multiple} (2^n_pools)")
@@ -348,8 +359,7 @@ def run(info, num_prototypes) -> dict:
     playable = FLAGS.model == "prototypes"
     train_split = data.evaluation_dataset(FLAGS.data_dir, "train", batch_size=FLAGS.eval_batch_size, info=info)
     if playable:
-        initialization.initialise_prototypes(model, train_split.shuffle(1000, seed=FLAGS.seed),
-                                             max_examples=FLAGS.init_examples, seed=FLAGS.seed)
+        initialization.initialise_prototypes(model, train_split, max_examples=FLAGS.init_examples, seed=FLAGS.seed)
 
     checkpoints = os.path.join(out_dir, "checkpoints")
     os.makedirs(checkpoints, exist_ok=True)
@@ -358,10 +368,15 @@ def run(info, num_prototypes) -> dict:
     run_callbacks = [callbacks.NonFiniteGuard()]
     baseline_selection = None if playable else baseline_selection_callbacks(model, info, validation_data,
                                                                            checkpoints)
+    if playable and validation_data is not None and FLAGS.fidelity_freq > 0:
+        run_callbacks.append(callbacks.FidelityMetrics(
+            data.evaluation_dataset(FLAGS.data_dir, "validation", batch_size=FLAGS.eval_batch_size, info=info,
+                                    with_metadata=True),
+            evaluate.class_average_spectra(FLAGS.data_dir, info, FLAGS.eval_batch_size), FLAGS.fidelity_freq))
     if playable:
         run_callbacks.append(callbacks.Curriculum(
             FLAGS.mode, FLAGS.learning_rate, patience=FLAGS.patience, warmup_steps=FLAGS.warmup_steps,
-            stop_stage=FLAGS.curriculum_stop, checkpoint_dir=checkpoints))
+            stop_stage=FLAGS.curriculum_stop, checkpoint_dir=checkpoints, prototypes_from=FLAGS.prototypes_learn_from))
         if FLAGS.mode == "unsupervised":
             run_callbacks.append(callbacks.Reassignment(seed=FLAGS.seed))
     else:

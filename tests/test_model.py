@@ -1,5 +1,6 @@
 """PlayablePrototypes: architecture, eqs. 6-9 against NumPy, training, optimizer groups, curriculum, reassignment."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -115,12 +116,15 @@ def test_optimizer_groups_scale_learning_and_weight_decay():
         bad.build(model.trainable_variables)
 
 
-def scripted_curriculum(model, losses, **kwargs):
+def scripted_curriculum(model, losses, batches_per_epoch=4, **kwargs):
+    """Epochs of `batches_per_epoch` batches ending with the given losses (warm-ups last 4 batches)."""
     curriculum = callbacks.Curriculum(model.mode, learning_rate=1e-2, patience=2, warmup_steps=4, **kwargs)
     curriculum.set_model(model)
     curriculum.on_epoch_begin(0)
     stages = []
     for epoch, loss in enumerate(losses):
+        for batch in range(batches_per_epoch):
+            curriculum.on_train_batch_begin(batch)
         curriculum.on_epoch_end(epoch, {"loss": loss})
         stages.append(curriculum.stage)
         if model.stop_training:
@@ -142,6 +146,19 @@ def test_curriculum_moves_through_its_stages_on_a_scripted_loss_history(tmp_path
     assert model.active_transformations == ("gain", "pitch", "low", "high")
     assert model.optimizer.get_group_scale("beta") == callbacks.BETA_LEARNING_RATE_SCALE
     assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(1e-3)
+
+
+def test_curriculum_patience_waits_for_the_end_of_the_warm_up():
+    model = tiny_model()
+    # One batch per epoch, warm-ups of 4 batches: a transformation stage's first 3
+    # epochs end inside its warm-up and do not count, however flat the loss.
+    losses = [1.0, 1.0, 1.0] + [1.0] * 3 + [0.9, 0.95, 0.95] + [0.95]
+    _, stages = scripted_curriculum(model, losses, batches_per_epoch=1)
+    # raw has no warm-up (ends after 2 flat epochs); gain: 3 warm-up epochs, then the best
+    # loss 0.9 and two epochs without improvement; pitch starts its warm-up.
+    assert stages == ["raw"] * 2 + ["gain"] + ["gain"] * 3 + ["gain"] * 2 + ["pitch"] + ["pitch"]
+    state = model.curriculum_state.numpy()
+    assert state[callbacks.WARMUP] == 1 and state[callbacks.WAIT] == 0
 
 
 def test_curriculum_stop_stage_and_activation_effects():
@@ -185,10 +202,18 @@ def test_curriculum_stop_stage_and_activation_effects():
 def test_reassignment_copies_donor_state_into_empty_prototypes():
     model = tiny_model("unsupervised", num_prototypes=4)
     enable_all(model)
-    model.fit(tiny_batches(), epochs=1, verbose=0)  # creates non-zero Adam moments
-    model.assignment_counts.reset_state()
-    model.assignment_counts.update_state(np.array([0] * 50 + [1] * 50 + [2] * 100))  # prototype 3 empty
+    # Creates non-zero Adam moments. Validation (6 clips) runs after training (16 clips) and
+    # before on_epoch_end: what reassignment reads must still be the training assignments.
+    counted = []
+    probe = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: counted.append(model.train_assignment_counts.result().numpy().sum()))
     reassignment = callbacks.Reassignment(seed=0)
+    model.fit(tiny_batches(), validation_data=tiny_batches(6, seed=1), epochs=2, verbose=0,
+              callbacks=[reassignment, probe])
+    assert counted == [16, 16]
+    reassignment.history.clear()
+    model.train_assignment_counts.reset_state()
+    model.train_assignment_counts.update_state(np.array([0] * 50 + [1] * 50 + [2] * 100))  # prototype 3 empty
     reassignment.set_model(model)
     prototypes_before = model.prototypes.numpy().copy()
     reassignment.on_epoch_end(0)
@@ -208,8 +233,31 @@ def test_initialisation():
     centres = initialization.kmeans_plus_plus(clusters, 3, rng)
     assert len({int(np.argmax(c)) for c in centres}) == 3  # one seed in each well-separated cluster
     labels = np.repeat(np.arange(3), 10)
-    np.testing.assert_allclose(initialization.class_means(clusters, labels, 4)[:3], np.eye(3) * 5.0, atol=0.01)
+    # The medoid is a real point of its class: the one with the least summed squared distance.
+    medoids = initialization.class_medoids(clusters, labels, 4)
+    for k in range(3):
+        members = clusters[labels == k]
+        costs = [np.sum((members - point) ** 2) for point in members]
+        np.testing.assert_array_equal(medoids[k], members[np.argmin(costs)])
+    np.testing.assert_array_equal(medoids[3], initialization.medoid(clusters))  # K > classes
+    # A class absent from the sample takes its medoid from all clips.
+    sample = labels != 2
+    fallback = initialization.class_medoids(clusters[sample], labels[sample], 3, clusters, labels)
+    np.testing.assert_array_equal(fallback[2], medoids[2])
     model = tiny_model()
     values = initialization.initialise_prototypes(model, tiny_batches(), seed=0)
     np.testing.assert_array_equal(model.prototypes.numpy(), values)
     assert np.argmax(values[2]) == 4 + 6 * 2
+
+
+def test_initial_sample_is_uniform_over_a_class_sorted_split():
+    """2000 of 33 x 500 clips stored class by class: every class is in the sample, about equally."""
+    rng = np.random.default_rng(1)
+    chosen = initialization.uniform_sample(33 * 500, 2000, rng)
+    assert len(set(chosen)) == 2000
+    counts = np.bincount(chosen // 500, minlength=33)
+    assert counts.min() > 30 and counts.max() < 95  # expected 60.6 per class
+    np.testing.assert_array_equal(initialization.uniform_sample(10, 2000, rng), np.arange(10))
+    points = np.repeat(np.arange(33.0), 500)[:, None] * np.ones((1, 4))
+    values = initialization.initial_prototypes(points, np.repeat(np.arange(33), 500), 33, "supervised", noise=0.0)
+    np.testing.assert_array_equal(values[:, 0], np.arange(33))  # each class from its own clips
