@@ -568,7 +568,7 @@ class APNet(PrebuiltModel):
     def compute_losses(self, outputs, labels) -> dict[str, tf.Tensor]:
         """Per-clip losses from `call(..., return_details=True)` outputs.
 
-        Returns ce, rec (SSE on the [-1, 1] scale, mean over the clip's
+        Returns ce, rec (MSE on the [-1, 1] scale, mean over the clip's
         windows), prototype_per_example (min_j D_ij, mean over windows), each
         [B], and prototype_batch: mean_j min_i D_ij over the valid windows
         (scalar). The eq. 10 loss is the batch mean of
