@@ -16,8 +16,15 @@ Trains (or, when `<out_dir>/<run>/metrics.json` exists, collects) five runs with
 and writes to out_dir `table1.md/json` (our model's curriculum ablation in both
 settings, on the validation split as in the paper), `table2.md/json`
 (clustering) and `table3.md/json` (classification), both on the test split,
-with each run's parameter count, training time (wall clock of `fit`) and the
+with each run's parameter count, budget, training time (wall clock of `fit`) and the
 CPU time of its whole process (user + system, so 2 busy cores count twice).
+
+Budgets (`--match_cpu_budget`, on by default): a baseline trains at least as long in
+CPU time as our model in the same table. `direct` gets `--cpu_budget=` the CPU
+time of `sup`, `autoencoder` that of `unsup`, `apnet` (in both tables) the larger
+of the two; runs are trained in the order above, so ours come first. Every
+baseline keeps the weights of best validation accuracy (the clustering ones: of
+best validation OA after K-means and the majority mapping; amych_tf.train).
 `--paper=sol|librispeech` adds the paper's numbers beside ours. L_rec is shown
 x 1000, the scale of the paper's tables.
 """
@@ -25,6 +32,7 @@ x 1000, the scale of the paper's tables.
 from __future__ import annotations
 
 import json
+import math
 import os
 import resource
 import subprocess
@@ -81,6 +89,19 @@ def define_flags() -> None:
     flags.DEFINE_list("runs", list(RUNS), "Runs to train or collect.")
     flags.DEFINE_list("train_flags", [], "Flags appended to every training run, e.g. --epochs=3.")
     flags.DEFINE_enum("paper", None, ["sol", "librispeech"], "Add the paper's numbers for this dataset.")
+    flags.DEFINE_boolean("match_cpu_budget", True, "Give each baseline --cpu_budget = the CPU time of our run(s) "
+                         "in its table (direct: sup; autoencoder: unsup; apnet: the larger).")
+
+
+# Which of our runs set each baseline's CPU budget: the runs it is compared with.
+BUDGET_SOURCES = {"direct": ("sup",), "autoencoder": ("unsup",), "apnet": ("sup", "unsup")}
+
+
+def budget_flags(run: str, metrics: dict) -> list[str]:
+    """--cpu_budget for a baseline from the CPU time of our runs already in `metrics` ([] if none)."""
+    seconds = [metrics[source]["cpu_seconds"] for source in BUDGET_SOURCES.get(run, ())
+               if metrics.get(source, {}).get("cpu_seconds")]
+    return [f"--cpu_budget={math.ceil(max(seconds))}"] if seconds else []
 
 
 def config_path(configs_dir: str, prefix: str, run: str) -> str:
@@ -125,6 +146,20 @@ def _paper_cells(values, count):
     return [f"{v:.1f}" for v in values] if values else ["—"] * count
 
 
+def _budget_cell(metrics) -> str:
+    """What a run was allowed (metrics.json's "budget") and how many epochs it used."""
+    budget = metrics.get("budget")
+    if not budget:
+        return "—"
+    if budget.get("cpu_budget_seconds"):
+        allowed = f"CPU >= {budget['cpu_budget_seconds']:.0f} s"
+    elif budget.get("curriculum_patience") is not None:
+        allowed = f"<= {budget['max_epochs']} epochs, patience {budget['curriculum_patience']}/stage"
+    else:
+        allowed = f"<= {budget['max_epochs']} epochs, patience {budget['patience']}"
+    return f"{allowed}; {budget['epochs_run']} epochs run"
+
+
 def _time_cells(metrics):
     cpu = metrics.get("cpu_seconds")
     return [f"{metrics.get('train_seconds', float('nan')):.0f}", "—" if cpu is None else f"{cpu:.0f}"]
@@ -163,18 +198,18 @@ def table1(rows_by_mode: dict, paper=None) -> tuple[str, list]:
 def method_table(entries: list, paper_key: str | None, paper=None) -> tuple[str, list]:
     """Tables 2 and 3: (method key, metrics with OA/AA, the run's metrics for size and time)."""
     header = "| method | OA (%) | AA (%) |" + (" paper OA | paper AA |" if paper else "") + \
-        " parameters | training time (s) | CPU time (s) |"
-    lines = [header, "|---|---|---|" + ("---|---|" if paper else "") + "---|---|---|"]
+        " parameters | budget | training time (s) | CPU time (s) |"
+    lines = [header, "|---|---|---|" + ("---|---|" if paper else "") + "---|---|---|---|"]
     records = []
     for key, result, run_metrics in entries:
         cells = [METHODS[key], _percent(result["overall_accuracy"]), _percent(result["average_accuracy"])]
         if paper:
             cells += _paper_cells(paper[paper_key].get(key), 2)
-        cells += [f"{run_metrics.get('num_parameters', 0):,}", *_time_cells(run_metrics)]
+        cells += [f"{run_metrics.get('num_parameters', 0):,}", _budget_cell(run_metrics), *_time_cells(run_metrics)]
         lines.append("| " + " | ".join(cells) + " |")
         records.append({"method": key, "overall_accuracy": result["overall_accuracy"],
                         "average_accuracy": result["average_accuracy"],
-                        "num_parameters": run_metrics.get("num_parameters"),
+                        "num_parameters": run_metrics.get("num_parameters"), "budget": run_metrics.get("budget"),
                         "train_seconds": run_metrics.get("train_seconds"),
                         "cpu_seconds": run_metrics.get("cpu_seconds")})
     return "\n".join(lines) + "\n", records
@@ -221,8 +256,11 @@ def main(argv):
         for run in FLAGS.runs:  # every config exists before the first hour of training
             config_path(FLAGS.configs_dir, FLAGS.configs, run)
         os.makedirs(FLAGS.out_dir, exist_ok=True)
-        metrics = {run: train_run(run, FLAGS.data_dir, FLAGS.out_dir, FLAGS.configs_dir, FLAGS.configs,
-                                  FLAGS.train_flags) for run in FLAGS.runs}
+        metrics = {}
+        for run in [run for run in RUNS if run in FLAGS.runs]:  # ours first: they set the budgets
+            extra = budget_flags(run, metrics) if FLAGS.match_cpu_budget else []
+            metrics[run] = train_run(run, FLAGS.data_dir, FLAGS.out_dir, FLAGS.configs_dir, FLAGS.configs,
+                                     [*extra, *FLAGS.train_flags])
     except CompareError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -332,7 +332,11 @@ def main(argv):
     try:
         if not FLAGS.model_dir:
             raise EvaluationError("--model_dir is required")
-        model, config = load_model(FLAGS.model_dir, FLAGS.checkpoint)
+        checkpoint = FLAGS.checkpoint
+        if not checkpoint and FLAGS.clustering and os.path.isfile(
+                os.path.join(FLAGS.model_dir, "checkpoints", "best_clustering.weights.h5")):
+            checkpoint = "best_clustering"  # APNet + K-means was selected on its own (amych_tf.train)
+        model, config = load_model(FLAGS.model_dir, checkpoint)
         data_dir = FLAGS.data_dir or config["dataset"]["data_dir"]
         try:
             info = data.load_dataset_info(data_dir, expected_features=model.feature_config)

@@ -12,7 +12,9 @@ model_dir receives:
   config.json               model, features and classes (evaluate/export read it)
   backup/                   training state at the last epoch end (amych_tf.resume): rerun the
                             same command to resume; deleted when metrics.json is written
-  checkpoints/best.weights.h5     best validation loss
+  checkpoints/best.weights.h5     best validation loss (our model); baselines: best validation accuracy,
+                                  or best validation OA after K-means for the autoencoder
+  checkpoints/best_clustering.weights.h5   APNet: best validation OA of APNet + K-means
   checkpoints/latest.weights.h5   every --checkpoint_freq epochs
   checkpoints/stage-<i>-<name>.weights.h5   end of every curriculum stage
   logs/                     TensorBoard
@@ -56,7 +58,12 @@ def define_flags() -> None:
         flags.DEFINE_integer("eval_batch_size", 32, "Global batch size of validation/test passes.")
     flags.DEFINE_integer("train_frames", 256, "Training crop length in frames (multiple of 2^n_pools).")
     flags.DEFINE_integer("epochs", 1000, "Maximum epochs; the curriculum usually ends training first.")
-    flags.DEFINE_integer("patience", 10, "Epochs without training-loss improvement that end a curriculum stage.")
+    flags.DEFINE_integer("patience", 10, "Epochs without training-loss improvement that end a curriculum stage; "
+                         "baselines: epochs without a better validation accuracy that end training.")
+    flags.DEFINE_float("cpu_budget", 0.0, "Baselines: train until the process has used this much CPU time (s), "
+                       "then stop (early stopping off; --epochs still caps). 0: early stopping by --patience.")
+    flags.DEFINE_integer("refine_epochs", 0, "APNet: after training, remove redundant prototypes (the APNet "
+                         "paper's section 5.2.1) and train this many more epochs (paper: 20). 0: no refinement.")
     flags.DEFINE_integer("warmup_steps", 2000, "Batches of learning-rate warm-up after each activation.")
     flags.DEFINE_float("learning_rate", 1e-4, "Base learning rate (AdamW).")
     flags.DEFINE_float("weight_decay", 1e-6, "Weight decay of the networks (0 on prototypes and beta).")
@@ -120,6 +127,8 @@ def check_flags(info_loader=None):
     if os.path.isfile(os.path.join(FLAGS.model_dir, "config.json")):
         _check_resumed_run(info)
     num_prototypes = FLAGS.num_prototypes or info.num_classes
+    if FLAGS.refine_epochs and FLAGS.model != "apnet":
+        raise FlagError("--refine_epochs refines APNet's prototypes; it needs --model=apnet")
     if FLAGS.model != "prototypes" and FLAGS.export_dir:
         raise FlagError("--export_dir exports PlayablePrototypes only (amych_tf.export); baselines are not served")
     if FLAGS.model in ("direct", "apnet") and FLAGS.mode == "unsupervised":
@@ -230,6 +239,27 @@ def worker_dir(model_dir: str, strategy) -> str:
     return os.path.join(model_dir, "workers", f"{resolver.task_type}-{resolver.task_id}")
 
 
+def train_split_range(info) -> tuple[float, float]:
+    """(min, max) of the train split's log-Mel values over real frames: APNet's min-max scaling."""
+    import numpy as np
+
+    from amych_tf import data
+
+    low, high = np.inf, -np.inf
+    for features, _ in data.evaluation_dataset(FLAGS.data_dir, "train", batch_size=FLAGS.eval_batch_size, info=info):
+        real = features["log_mel"].numpy()[features["mask"].numpy() > 0]
+        low, high = min(low, float(real.min())), max(high, float(real.max()))
+    return low, high
+
+
+def compile_baseline(model, strategy) -> None:
+    with strategy.scope():
+        model.compile(optimizer=model.default_optimizer(FLAGS.learning_rate), jit_compile=FLAGS.jit_compile)
+        # Built here, in the strategy's scope: built lazily inside fit, Keras' Adam
+        # fails under MirroredStrategy with more than one replica.
+        model.optimizer.build(model.trainable_variables)
+
+
 def build_model(info, num_prototypes, strategy):
     import keras
 
@@ -239,15 +269,15 @@ def build_model(info, num_prototypes, strategy):
 
     keras.utils.set_random_seed(FLAGS.seed)  # before the weights are created
     if FLAGS.model != "prototypes":
-        extra = {"num_frames": FLAGS.train_frames} if FLAGS.model == "apnet" else {}
+        extra = {}
+        if FLAGS.model == "apnet":
+            low, high = train_split_range(info)
+            extra = {"num_frames": FLAGS.train_frames, "input_min": low, "input_max": high}
         with strategy.scope():
             model = baselines.model_class(FLAGS.model)(info.features, info.num_classes,
                                                         class_names=info.class_names, **extra)
             model.build_for_frames(FLAGS.train_frames)
-            model.compile(optimizer=model.default_optimizer(FLAGS.learning_rate), jit_compile=FLAGS.jit_compile)
-            # Built here, in the strategy's scope: built lazily inside fit, Keras' Adam
-            # fails under MirroredStrategy with more than one replica.
-            model.optimizer.build(model.trainable_variables)
+        compile_baseline(model, strategy)
         return model
     with strategy.scope():
         model = PlayablePrototypes(
@@ -275,6 +305,93 @@ def write_run_files(model_dir, model, info):
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2)
     os.replace(tmp, os.path.join(model_dir, "config.json"))
+
+
+def baseline_selection_callbacks(model, info, validation_data, checkpoints: str) -> list:
+    """Model selection and stopping for a baseline (amych_tf.baselines.selection).
+
+    Classifiers keep the weights of best validation accuracy (best.weights.h5);
+    clustering models (the autoencoder: best.weights.h5; APNet + K-means:
+    best_clustering.weights.h5) those of best validation OA after K-means and the
+    majority mapping. Training stops at --cpu_budget of process CPU time when it
+    is set, else after --patience epochs without a better selection metric.
+    """
+    import keras
+
+    from amych_tf import data
+    from amych_tf.baselines import selection
+
+    if validation_data is None:  # nothing to select on: the training loss decides when to stop
+        return [keras.callbacks.EarlyStopping(monitor="loss", patience=FLAGS.patience)]
+    result = []
+    classifies = model.mode == "supervised"
+    if hasattr(model, "fit_clusters"):
+        splits = [data.evaluation_dataset(FLAGS.data_dir, split, batch_size=FLAGS.eval_batch_size, info=info)
+                  for split in ("train", "validation")]
+        name = "best_clustering" if classifies else "best"
+        result.append(selection.ClusteringSelection(*splits, os.path.join(checkpoints, f"{name}.weights.h5"),
+                                                    seed=FLAGS.seed))
+    monitor = "val_accuracy" if classifies else selection.CLUSTER_ACCURACY
+    if classifies:
+        result.append(keras.callbacks.ModelCheckpoint(
+            os.path.join(checkpoints, "best.weights.h5"), save_weights_only=True, save_best_only=True,
+            monitor=monitor, mode="max"))
+        result.append(selection.BestEpoch(monitor))
+    if FLAGS.cpu_budget:
+        result.append(selection.CPUBudget(FLAGS.cpu_budget))
+    else:
+        result.append(keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=FLAGS.patience))
+    return result
+
+
+def selected_epochs(selection_callbacks) -> dict:
+    """{selection metric: the epoch (1-based) whose weights were kept} of baseline_selection_callbacks."""
+    from amych_tf.baselines import selection
+
+    return {callback.monitor: callback.best_epoch for callback in selection_callbacks
+            if isinstance(callback, (selection.ClusteringSelection, selection.BestEpoch))}
+
+
+def refine_apnet(model, strategy, train_data, validation_data, info, checkpoints: str):
+    """APNet's prototype refinement: best weights, remove redundant prototypes, train --refine_epochs more.
+
+    Selection as in training (best validation accuracy; APNet + K-means on its
+    own checkpoint); the refined model and its checkpoints replace the
+    unrefined ones only when its best validation accuracy is higher, so
+    refinement cannot lose what training selected. Returns (the model, a record
+    for metrics.json).
+    """
+    import keras
+
+    from amych_tf.baselines import selection
+
+    best = os.path.join(checkpoints, "best.weights.h5")
+    if os.path.exists(best):
+        model.load_weights(best)
+    before = model.evaluate(validation_data, verbose=0, return_dict=True)["accuracy"]
+    with strategy.scope():
+        refined, kept = model.refined_copy()
+    compile_baseline(refined, strategy)
+    refined_checkpoints = os.path.join(checkpoints, "refined")
+    os.makedirs(refined_checkpoints, exist_ok=True)
+    # The same selection, for exactly --refine_epochs epochs (no stopping callback).
+    refine_callbacks = [callback for callback in baseline_selection_callbacks(
+        refined, info, validation_data, refined_checkpoints)
+        if isinstance(callback, (selection.ClusteringSelection, selection.BestEpoch, keras.callbacks.ModelCheckpoint))]
+    refined.fit(train_data, epochs=FLAGS.refine_epochs, validation_data=validation_data, shuffle=False,
+                callbacks=refine_callbacks, verbose=FLAGS.verbose)
+    after = next(callback for callback in refine_callbacks if isinstance(callback, selection.BestEpoch)).best
+    record = {"prototypes_before": model.num_prototypes_latent, "prototypes_after": len(kept),
+              "epochs": FLAGS.refine_epochs, "validation_accuracy_before": float(before),
+              "validation_accuracy_after": float(after), "used": bool(after > before),
+              "selected_epoch": selected_epochs(refine_callbacks)}
+    if not record["used"]:
+        return model, record
+    # APNet + K-means follows the refined model too: its clustering checkpoint must fit its shapes.
+    for name in ("best", "best_clustering"):
+        os.replace(os.path.join(refined_checkpoints, f"{name}.weights.h5"),
+                   os.path.join(checkpoints, f"{name}.weights.h5"))
+    return refined, record
 
 
 def run(info, num_prototypes) -> dict:
@@ -313,6 +430,8 @@ def run(info, num_prototypes) -> dict:
     # Order matters at epoch end: the curriculum and reassignment change the model
     # before the checkpoints and the backup (last) save it.
     run_callbacks = [callbacks.NonFiniteGuard()]
+    baseline_selection = None if playable else baseline_selection_callbacks(model, info, validation_data,
+                                                                           checkpoints)
     if playable and validation_data is not None and FLAGS.fidelity_freq > 0:
         run_callbacks.append(callbacks.FidelityMetrics(
             data.evaluation_dataset(FLAGS.data_dir, "validation", batch_size=FLAGS.eval_batch_size, info=info,
@@ -326,10 +445,7 @@ def run(info, num_prototypes) -> dict:
         if FLAGS.mode == "unsupervised":
             run_callbacks.append(callbacks.Reassignment(seed=FLAGS.seed))
     else:
-        # Baselines have no curriculum: they stop when the validation loss (the
-        # training loss without a validation split) has not improved for --patience epochs.
-        run_callbacks.append(keras.callbacks.EarlyStopping(
-            monitor="val_loss" if validation_data is not None else "loss", patience=FLAGS.patience))
+        run_callbacks += baseline_selection
     if playable:
         run_callbacks.append(callbacks.TrainingScalars(os.path.join(out_dir, "logs", "train")))
     run_callbacks += [
@@ -340,48 +456,70 @@ def run(info, num_prototypes) -> dict:
             os.path.join(checkpoints, "latest.weights.h5"), save_weights_only=True,
             save_freq=FLAGS.checkpoint_freq * data.steps_per_epoch(info, "train", FLAGS.batch_size)),
     ]
-    if validation_data is not None:
+    if validation_data is not None and playable:
         run_callbacks.append(keras.callbacks.ModelCheckpoint(
             os.path.join(checkpoints, "best.weights.h5"), save_weights_only=True, save_best_only=True,
             monitor="val_loss", mode="min"))
-        if FLAGS.media_freq > 0 and playable:
+        if FLAGS.media_freq > 0:
             media_data = data.evaluation_dataset(FLAGS.data_dir, "validation", batch_size=FLAGS.eval_batch_size,
                                                  info=info)
             run_callbacks.append(callbacks.TensorBoardMedia(
                 os.path.join(out_dir, "logs", "media"), media_data, info, every_epochs=FLAGS.media_freq,
                 num_examples=FLAGS.media_examples))
 
+    from amych_tf.baselines import selection
+
     backup = resume.TrainingBackup(os.path.join(out_dir, "backup"), tracked=[
         callback for callback in run_callbacks
-        if isinstance(callback, (keras.callbacks.ModelCheckpoint, keras.callbacks.EarlyStopping))])
+        if isinstance(callback, (keras.callbacks.ModelCheckpoint, keras.callbacks.EarlyStopping,
+                                 selection.ClusteringSelection, selection.BestEpoch))])
     run_callbacks.append(backup)
 
     start = time.time()
-    model.fit(train_data, epochs=FLAGS.epochs, validation_data=validation_data, shuffle=False,
-              validation_freq=FLAGS.validation_freq, callbacks=run_callbacks, verbose=FLAGS.verbose)
+    history = model.fit(train_data, epochs=FLAGS.epochs, validation_data=validation_data, shuffle=False,
+                        validation_freq=FLAGS.validation_freq, callbacks=run_callbacks, verbose=FLAGS.verbose)
     train_seconds = time.time() - start
+    budget = {"max_epochs": FLAGS.epochs, "epochs_run": len(history.history.get("loss", [])),
+              "cpu_seconds_at_end_of_training": round(time.process_time(), 1)}
+    if playable:
+        budget["curriculum_patience"] = FLAGS.patience
+    elif FLAGS.cpu_budget:
+        budget["cpu_budget_seconds"] = FLAGS.cpu_budget
+    else:
+        budget["patience"] = FLAGS.patience
 
     best = os.path.join(checkpoints, "best.weights.h5")
+    best_clustering = os.path.join(checkpoints, "best_clustering.weights.h5")
+    if not playable:
+        budget["selected_epoch"] = selected_epochs(baseline_selection)
+    if FLAGS.refine_epochs:
+        model, budget["refinement"] = refine_apnet(model, strategy, train_data, validation_data, info, checkpoints)
+        write_run_files(out_dir, model, info)  # config.json must describe the model the checkpoints hold
     if os.path.exists(best):
         model.load_weights(best)
-    if hasattr(model, "fit_clusters"):
-        # Baselines that cluster: K-means on the train split's embeddings of the
+    if hasattr(model, "fit_clusters") and not os.path.exists(best if model.mode == "unsupervised" else best_clustering):
+        # No validation split to select on: K-means on the train split's embeddings of the
         # final model, stored in the model's weights (best and latest checkpoints).
-        embed = tf.function(model.embed, reduce_retracing=True)
-        embeddings = np.concatenate([embed(features).numpy() for features, _ in train_split])
-        model.fit_clusters(embeddings, seed=FLAGS.seed)
+        from amych_tf.baselines.selection import embeddings_and_labels
+
+        model.fit_clusters(embeddings_and_labels(model, train_split)[0], seed=FLAGS.seed)
         for name in ("best", "latest"):
             model.save_weights(os.path.join(checkpoints, f"{name}.weights.h5"))
     summary = evaluate.evaluate_model(model, FLAGS.data_dir, "test", FLAGS.eval_batch_size, info=info)
     summary.update(train_seconds=round(train_seconds, 1), checkpoint="best" if os.path.exists(best) else "last",
-                   num_parameters=int(model.count_params()))
+                   num_parameters=int(model.count_params()), budget=budget)
     if playable:
         summary["curriculum_stage"] = callbacks.curriculum_stages(FLAGS.mode)[int(model.curriculum_state.numpy()[0])]
     elif hasattr(model, "fit_clusters") and model.mode == "supervised":  # apnet: also APNet + K-means
+        if os.path.exists(best_clustering):
+            model.load_weights(best_clustering)
         clusters = evaluate.evaluate_model(model, FLAGS.data_dir, "test", FLAGS.eval_batch_size, info=info,
                                            clustering=True)
         summary["clustering"] = {key: clusters[key] for key in (
             "overall_accuracy", "average_accuracy", "per_class_accuracy", "prototype_classes", "unused_prototypes")}
+        summary["clustering"]["checkpoint"] = "best_clustering" if os.path.exists(best_clustering) else "best"
+        if os.path.exists(best):
+            model.load_weights(best)
     evaluate.write_report(summary, os.path.join(out_dir, "metrics.json"), info.class_names)
     backup.discard()  # kept until now: a kill during the evaluation resumes after training
     print(f"{evaluate.summary_line(summary)}, trained {train_seconds:.0f} s")

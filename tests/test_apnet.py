@@ -59,8 +59,7 @@ def numpy_distances(z, prototypes):
 
 
 def numpy_similarity(distances, frequency_weights):
-    weights = np.exp(frequency_weights) / np.exp(frequency_weights).sum(axis=-1, keepdims=True)
-    return (weights[None] * np.exp(-distances)).sum(axis=-1)
+    return (frequency_weights[None] * np.exp(-distances)).sum(axis=-1)
 
 
 def numpy_prototype_loss(distances):
@@ -75,7 +74,7 @@ def numpy_cross_entropy(logits, labels):
 
 
 def numpy_reconstruction(target, reconstruction):
-    return ((target - reconstruction) ** 2).sum(axis=(1, 2))
+    return ((target - reconstruction) ** 2).mean(axis=(1, 2))
 
 
 def test_distances_and_frequency_weighted_similarity_match_numpy():
@@ -88,8 +87,8 @@ def test_distances_and_frequency_weighted_similarity_match_numpy():
     expected = numpy_similarity(numpy_distances(z, prototypes), frequency_weights)
     similarities = apnet.similarity(tf.constant(distances), tf.constant(frequency_weights, tf.float32)).numpy()
     np.testing.assert_allclose(similarities, expected, rtol=1e-5)
-    # The weights matter: uniform weights (H = 1/F') give another answer.
-    assert not np.allclose(similarities, numpy_similarity(numpy_distances(z, prototypes), np.zeros((6, 5))),
+    # The weights matter: uniform weights (H = 1/F', the initial kernel) give another answer.
+    assert not np.allclose(similarities, numpy_similarity(numpy_distances(z, prototypes), np.full((6, 5), 0.2)),
                            rtol=1e-3)
 
 
@@ -197,23 +196,52 @@ def test_fit_lowers_the_loss_and_validates_on_full_clips(tmp_path):
     assert history["val_loss"][-1] < 0.7 * before["loss"]
 
 
-def test_default_optimizer_is_adam_with_global_norm_clipping():
+def test_default_optimizer_is_plain_adam_at_the_papers_learning_rate():
     optimizer = APNet.default_optimizer()
     assert type(optimizer).__name__ == "Adam"
-    assert float(optimizer.learning_rate) == pytest.approx(1e-4)
-    assert optimizer.global_clipnorm == 0.5 and optimizer.clipnorm is None
+    assert float(optimizer.learning_rate) == pytest.approx(1e-3)
+    assert optimizer.global_clipnorm is None and optimizer.clipnorm is None and optimizer.clipvalue is None
+
+
+def test_weighted_sum_kernel_keeps_unit_norm_columns_after_each_update():
+    model = tiny_model()
+    model.compile(optimizer=APNet.default_optimizer())
+    log_mel = random_clips(8, FRAMES)
+    attract_prototypes(model, log_mel)
+    batch = (tf.constant(log_mel), tf.constant(np.arange(8) % NUM_CLASSES, tf.int32))
+    model.fit(tf.data.Dataset.from_tensors(batch), epochs=1, verbose=0)
+    kernel = model.prototype_layer.frequency_weights.numpy()
+    # UnitNorm(axis=0): every latent frequency's column over the prototypes has norm 1.
+    np.testing.assert_allclose(np.linalg.norm(kernel, axis=0), 1.0, rtol=1e-5)
+
+
+def test_min_max_scaling_maps_the_train_range_to_minus_one_one():
+    np.testing.assert_allclose(apnet.to_signed(tf.constant([0.2, 0.5, 0.8]), 0.2, 0.8).numpy(), [-1.0, 0.0, 1.0],
+                               atol=1e-6)
+    values = tf.constant([-0.7, 0.1, 0.9])
+    np.testing.assert_allclose(apnet.to_signed(apnet.from_signed(values, 0.1, 0.6), 0.1, 0.6).numpy(), values,
+                               atol=1e-6)
+    # The model's reconstruction target is the input on that scale.
+    model = tiny_model(input_min=0.1, input_max=0.6)
+    log_mel = random_clips(2, FRAMES)
+    np.testing.assert_allclose(model.scale(tf.constant(log_mel)).numpy(), 2.0 * ((log_mel - 0.1) / 0.5 - 0.5), atol=1e-6)
+    with pytest.raises(ValueError, match="input_max"):
+        tiny_model(input_min=0.5, input_max=0.5)
 
 
 # -- interface, windows and serialisation ---------------------------------------------------
 
 
 def test_config_round_trip_and_interface_attributes():
-    model = tiny_model(alpha=3.0, gamma=0.5)
+    model = tiny_model(alpha=3.0, gamma=0.5, input_min=0.1, input_max=0.9)
     assert model.mode == "supervised" and model.num_prototypes == NUM_CLASSES
     assert model.prototype_layer.prototypes.shape == (LATENT_PROTOTYPES, FRAMES // 4, FEATURES.n_mels // 4, 4)
     prototypes = model.prototype_layer.prototypes.numpy()
-    assert prototypes.min() >= 0.0 and prototypes.max() <= 1.0 and prototypes.std() > 0.2  # uniform in [0, 1]
-    np.testing.assert_array_equal(model.prototype_layer.frequency_weights.numpy(), 0.0)
+    # Keras' 'uniform' initialiser: U(-0.05, 0.05).
+    assert prototypes.min() >= -0.05 and prototypes.max() <= 0.05 and prototypes.std() > 0.02
+    np.testing.assert_allclose(model.prototype_layer.frequency_weights.numpy(), 1.0 / (FEATURES.n_mels // 4))
+    assert (APNet(FEATURES, NUM_CLASSES).alpha, APNet(FEATURES, NUM_CLASSES).beta,
+            APNet(FEATURES, NUM_CLASSES).gamma) == (10.0, 5.0, 5.0)
     assert model.classifier.bias is None
     config = model.get_config()
     assert config["feature_config"] == FEATURES.to_dict() and config["num_prototypes_latent"] == LATENT_PROTOTYPES
@@ -303,7 +331,7 @@ def test_fit_clusters_survives_save_and_load_weights(tmp_path):
     np.testing.assert_array_equal(assignment[[0, 2, 4]], [0, 1, 2])
 
 
-def test_decode_prototypes_uses_the_masks_of_the_nearest_example():
+def test_decode_prototypes_uses_the_masks_of_the_most_similar_example():
     model = tiny_model()
     examples = random_clips(LATENT_PROTOTYPES, FRAMES, seed=7)
     spectra = model.decode_prototypes(examples, batch_size=4)
@@ -325,9 +353,12 @@ def test_decode_prototypes_reads_a_split_batch_by_batch(tmp_path):
     # spectra and nearest clips as the whole split in one padded array.
     lengths = {"train": [20, 32, 40, 24, 64, 36, 32], "validation": [], "test": []}
     info = make_prepared_dir(tmp_path / "data", lengths, num_mels=FEATURES.n_mels, spectrogram=class_band_log_mel)
-    split = data.evaluation_dataset(str(tmp_path / "data"), "train", batch_size=3, info=info)
+    split = data.evaluation_dataset(str(tmp_path / "data"), "train", batch_size=3, info=info, with_metadata=True)
     model = tiny_model()
     spectra, nearest = model.decode_prototypes(split, return_nearest=True)
+    # Batches group clips by padded length: nearest counts clips as they come; "index" is their file order.
+    file_index = np.concatenate([features["index"].numpy() for features, _ in split])
+    nearest = file_index[nearest]
 
     clips = [class_band_log_mel(i, n, FEATURES.n_mels) for i, n in enumerate(lengths["train"])]
     padded = np.stack([np.resize(c, (64, FEATURES.n_mels)) for c in clips])
@@ -368,3 +399,52 @@ def test_listen_writes_apnet_prototypes_named_by_their_class(tmp_path):
 
     refused = subprocess.run(command + [f"--inputs={tmp_path / 'x.wav'}"], capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and "APNet does not reconstruct" in refused.stderr
+
+
+# -- prototype classes and refinement (the APNet paper's sections 5.1.2 and 5.2.1) -----------
+
+
+def separated_prototypes(model):
+    """Prototypes 0, 1 (class 0) and 2, 3 (class 1) near-duplicates; 4 (class 2) and 5 (class 0) apart.
+
+    Constant latents 0, 0, 1, 1, 2, 3 (plus 1e-3 noise): across groups the distances
+    (summed over latent time and channels) make exp(-d) ~ 0. Dense rows are one-hot.
+    """
+    shape = model.prototype_layer.prototypes.shape
+    levels = np.array([0.0, 0.0, 1.0, 1.0, 2.0, 3.0])
+    noise = 1e-3 * np.random.default_rng(5).standard_normal(shape)
+    model.prototype_layer.prototypes.assign((levels[:, None, None, None] + noise).astype(np.float32))
+    classes = np.array([0, 0, 1, 1, 2, 0])
+    model.classifier.kernel.assign(np.eye(NUM_CLASSES, dtype=np.float32)[classes])
+    return classes
+
+
+def test_prototype_classes_come_from_classifying_the_prototypes():
+    model = tiny_model()
+    classes = separated_prototypes(model)
+    np.testing.assert_array_equal(model.prototype_classes(), classes)
+    probabilities = model.prototype_class_probabilities()
+    assert probabilities.shape == (LATENT_PROTOTYPES, NUM_CLASSES)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_refinement_removes_one_of_each_same_class_near_duplicate_and_keeps_the_class_weight():
+    model = tiny_model()
+    separated_prototypes(model)
+    refined, kept = model.refined_copy()
+    # Class order 0, 1, 5, 2, 3, 4; the threshold is about 1.1 (min ~0 + mean 2.3 / 2): 0 goes
+    # (1 kept), 2 goes (3 kept); 5 and 4 are 1 from a prototype of another class and stay.
+    np.testing.assert_array_equal(kept, [1, 5, 3, 4])
+    assert refined.num_prototypes_latent == 4 and refined.get_config()["num_prototypes_latent"] == 4
+    np.testing.assert_array_equal(refined.prototype_layer.prototypes.numpy(),
+                                  model.prototype_layer.prototypes.numpy()[kept])
+    np.testing.assert_array_equal(refined.prototype_layer.frequency_weights.numpy(),
+                                  model.prototype_layer.frequency_weights.numpy()[kept])
+    # Class 0 lost one of three unit weights (x 3/2), class 1 one of two (x 2).
+    np.testing.assert_allclose(refined.classifier.kernel.numpy(),
+                               [[1.5, 0, 0], [1.5, 0, 0], [0, 2, 0], [0, 0, 1]])
+    for source, target in ((model.encoder, refined.encoder), (model.decoder, refined.decoder)):
+        for a, b in zip(source.get_weights(), target.get_weights()):
+            np.testing.assert_array_equal(a, b)
+    log_mel = random_clips(3, FRAMES)
+    assert refined(log_mel)["logits"].shape == (3, NUM_CLASSES)

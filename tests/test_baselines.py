@@ -136,8 +136,10 @@ def test_config_round_trip_rebuilds_the_same_model(cls):
 
 
 def test_tile_padding_is_the_identity_on_evaluation_batches(data_dir):
-    features, _ = next(iter(data.evaluation_dataset(data_dir, "test", batch_size=3)))
-    assert features["log_mel"].shape[1] == 64  # clips of 16 and 33 frames are padded
+    # Batches group clips of one padded length: the clip of 50 frames is tile-padded to 64.
+    features = next(features for features, _ in data.evaluation_dataset(data_dir, "test", batch_size=3)
+                    if features["log_mel"].shape[1] == 64)
+    assert features["mask"].numpy().sum() == 50
     np.testing.assert_array_equal(tile_padding(features["log_mel"], features["mask"]), features["log_mel"])
     log_mel, mask = padded_batch()
     refilled = tile_padding(log_mel, mask).numpy()
@@ -260,3 +262,56 @@ def test_checkpoints_keep_the_cluster_centres(tmp_path):
     log_mel, mask = padded_batch()
     features = {"log_mel": log_mel, "mask": mask}
     np.testing.assert_array_equal(restored.predict_clusters(features), model.predict_clusters(features))
+
+
+# -- selection on validation accuracy and the CPU budget (amych_tf.baselines.selection) ------
+
+
+def test_cluster_accuracy_maps_clusters_to_the_training_majority(data_dir):
+    from amych_tf.baselines import selection
+
+    model = small_model(ConvAutoencoder)
+    splits = [data.evaluation_dataset(data_dir, split, batch_size=8) for split in ("train", "validation")]
+    accuracy = selection.cluster_accuracy(model, *splits, seed=0)
+    # The same number by hand: K-means on the train embeddings, majority mapping, nearest centre.
+    from amych_tf import metrics
+
+    train_embeddings, train_labels = selection.embeddings_and_labels(model, splits[0])
+    mapping = metrics.majority_mapping(train_labels, model.fit_clusters(train_embeddings, seed=0), NUM_CLASSES)
+    validation_embeddings, validation_labels = selection.embeddings_and_labels(model, splits[1])
+    predictions = mapping[nearest_centre(tf.constant(validation_embeddings), model.cluster_centres).numpy()]
+    assert accuracy == pytest.approx(np.mean(predictions == validation_labels))
+
+
+def test_clustering_selection_logs_and_saves_only_improvements(data_dir, tmp_path, monkeypatch):
+    from amych_tf.baselines import selection
+
+    model = small_model(ConvAutoencoder)
+    scores = iter([0.5, 0.25, 0.75, 0.75])
+    monkeypatch.setattr(selection, "cluster_accuracy", lambda *args, **kwargs: next(scores))
+    path = str(tmp_path / "best.weights.h5")
+    callback = selection.ClusteringSelection(None, None, path)
+    callback.set_model(model)
+    saved = []
+    monkeypatch.setattr(model, "save_weights", lambda target: saved.append(target))
+    for epoch in range(4):
+        logs = {}
+        callback.on_epoch_end(epoch, logs)
+        assert logs[selection.CLUSTER_ACCURACY] in (0.5, 0.25, 0.75)
+    assert saved == [path, path] and callback.best_epoch == 3 and callback.best == 0.75  # a tie keeps epoch 3
+
+
+def test_cpu_budget_stops_training_once_the_process_has_used_it():
+    import time
+
+    from amych_tf.baselines import selection
+
+    class Stoppable:
+        stop_training = False
+
+    for seconds, stops in [(time.process_time() + 1e6, False), (0.0, True)]:
+        target = Stoppable()
+        callback = selection.CPUBudget(seconds)
+        callback.set_model(target)
+        callback.on_epoch_end(4)
+        assert target.stop_training is stops and callback.epochs_run == 5

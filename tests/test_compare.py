@@ -92,3 +92,16 @@ def test_compare_refuses_missing_configs_before_training(tmp_path):
          "--configs=none", f"--configs_dir={tmp_path}"], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert completed.returncode == 2 and "no config" in completed.stderr
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_baselines_get_the_cpu_time_of_our_runs_in_their_table_as_budget():
+    metrics = {"sup": {"cpu_seconds": 100.2}, "unsup": {"cpu_seconds": 250.0}}
+    assert compare.budget_flags("direct", metrics) == ["--cpu_budget=101"]
+    assert compare.budget_flags("autoencoder", metrics) == ["--cpu_budget=250"]
+    assert compare.budget_flags("apnet", metrics) == ["--cpu_budget=250"]
+    assert compare.budget_flags("apnet", {"sup": {"cpu_seconds": 100.2}}) == ["--cpu_budget=101"]
+    assert compare.budget_flags("direct", {}) == [] and compare.budget_flags("sup", metrics) == []
+    assert compare._budget_cell({"budget": {"cpu_budget_seconds": 250, "epochs_run": 31, "max_epochs": 200}}) == \
+        "CPU >= 250 s; 31 epochs run"
+    assert compare._budget_cell({"budget": {"curriculum_patience": 1, "epochs_run": 40, "max_epochs": 40}}) == \
+        "<= 40 epochs, patience 1/stage; 40 epochs run"

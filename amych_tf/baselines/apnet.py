@@ -1,30 +1,58 @@
-"""APNet (Zinemanas et al., Electronics 2021), configured as the ISMIR authors did (NOTES.md).
+"""APNet (Zinemanas et al., Electronics 2021), as its paper and its authors' Keras code build it.
 
 An autoencoder whose latent space holds M learned prototypes; the classifier
 only sees how similar the input is to each prototype:
 
-    x' = 2 x - 1                                   the log-Mel window [T, F] in [-1, 1]
+    x' = 2 ((x - lo) / (hi - lo) - 0.5)            min-max scaling to [-1, 1]; lo, hi = min, max of the train split
     z, (mask1, mask2) = encoder(x')                 z [T/4, F/4, C]
     x~ = decoder(z, mask1, mask2)                   [T, F], tanh
     d_ij[f] = sum_{t,c} (z_i[t,f,c] - p_j[t,f,c])^2                     (eq. 6's exponent)
-    S_ij[f] = exp(-d_ij[f]),   s_ij = sum_f H_j[f] S_ij[f],  H_j = softmax_f(w_j)   (eqs. 6-7)
+    S_ij[f] = exp(-d_ij[f]),   s_ij = sum_f H[j, f] S_ij[f]             (eqs. 6-7)
     y~_i = softmax(s_i W)                           W [M, classes], no bias     (eq. 8)
     D_ij = mean_f d_ij[f]
-    loss = alpha CE + beta (mean_i min_j D_ij + mean_j min_i D_ij) + gamma mean_i ||x'_i - x~_i||^2
+    loss = alpha CE + beta (mean_i min_j D_ij + mean_j min_i D_ij) + gamma mean_i mean_{t,f} (x'_i - x~_i)^2
                                                                          (eqs. 3, 5, 9, 10)
 
-Encoder: three 5x5 "same" convolutions of C = 32 filters with LeakyReLU, a 2x2
-max-pool after the first two whose masks (1 where the window's maximum was)
-are kept. Decoder: 5x5 transposed convolutions; after each of the first two,
-2x nearest upsampling multiplied by the matching mask (mask2 first), then
-LeakyReLU; the last gives 1 channel and tanh (the authors' code:
-pzinemanas/APNet, apnet/model.py). Prototypes start uniform in [0, 1],
-frequency weights w at 0 (H = 1/F').
+What follows the authors' code (github:pzinemanas/APNet, apnet/model.py `APNet.build`,
+`create_encoder`, `create_decoder`, `train`; apnet/layers.py `PrototypeLayer`,
+`WeightedSum`; apnet/losses.py `prototype_loss`; the training loop and scaler of
+their dcase_models library, `KerasModelContainer.train` and `Scaler('minmax')`):
 
-At SOL sizes (latent 64 x 32 x 32) the initial distances are ~600 (measured on
-log-Mel-like input), so S = exp(-d) is exactly 0 in float32 and the CE has no
-gradient until the prototype and reconstruction terms bring some d_ij[f] below
-~100; this follows from the configuration and is kept.
+* Encoder: three 5x5 "same" convolutions of C = 32 filters with LeakyReLU (Keras'
+  slope 0.3), a 2x2 max-pool after the first two whose masks (1 where the window's
+  maximum was, all of them on ties: `greater_equal`) are kept. Decoder: 5x5
+  transposed convolutions; after each of the first two, 2x nearest upsampling
+  multiplied by the matching mask (mask2 first), then LeakyReLU; the last gives 1
+  channel and tanh.
+* Prototypes start as Keras' 'uniform' initialiser, U(-0.05, 0.05)
+  (`PrototypeLayer.build`). (The ISMIR authors' copy drew them from U[0, 1]: the
+  initial distances were then 10^2-10^3, exp(-d) = 0 and the classifier got no
+  gradient; benchmarks/RESULTS.md measured it at chance.)
+* The weighted sum (`WeightedSum`): a free kernel H [M, F'] that starts at 1/F'
+  and carries Keras' UnitNorm(axis=0) constraint: after every update, each latent
+  frequency's column over the M prototypes is rescaled to unit L2 norm. No softmax.
+* Losses (`APNet.train`): 'categorical_crossentropy', Keras' 'mean_squared_error'
+  (the mean over frames and bins, not a sum) and `prototype_loss`, with the loss
+  weights (alpha, beta, gamma) = (10, 5, 5) of `train`'s default and the
+  Medley-solos-DB config (the instrument task); the ISMIR authors' (2, 1, 1) has
+  the same ratios.
+* Input: the authors scale their log-Mels with `Scaler('minmax')`: the global
+  minimum and maximum of the training set mapped to -1 and 1 (`input_min`,
+  `input_max`, set by `amych_tf.train` from the train split).
+* Optimisation: plain Adam (`KerasModelContainer.train`: `Adam(lr=...)`, no
+  gradient clipping; the 0.5 norm clipping was the ISMIR authors' addition),
+  learning rate 1e-3, model selection on validation accuracy (their
+  `AccuracyCallback` keeps the best weights and stops after `early_stopping`
+  epochs without improvement): `amych_tf.train` does the same for every baseline.
+* Prototype classes (`Prototypes.__init__` in apnet/prototypes.py): each
+  prototype's latent goes through the classifier (its similarities to all
+  prototypes, the weighted sum, the dense layer); the arg-max is its class.
+* Decoding a prototype (the same function) uses the pooling masks of the training
+  window with the largest weighted similarity s_ij to it.
+* Prototype refinement (`APNet.refine_prototypes`, the paper's section 5.2.1):
+  `refined_copy` removes redundant prototypes and rescales the dense weights;
+  `amych_tf.train --refine_epochs=N` then trains N more epochs.
+  The channel refinement (section 5.2.2) is not implemented.
 
 Windows. APNet sees exactly `num_frames` frames (the training crop length).
 A clip of n real frames (evaluation clips come tile-padded, `mask` marking the
@@ -33,23 +61,18 @@ its real frames tiled along time: window k holds frames (k num_frames + t) mod
 n, t < num_frames, the same tiling as the data pipeline's (training crops of
 short clips, evaluation padding). Every window goes through the network; the
 clip's similarity vector s (its embedding) is the mean over its windows, and
-its logits are s W (averaging logits would give the same: W is linear). A
-training crop of exactly num_frames frames is one window, so training and
-evaluation share one path. To stay XLA-friendly (no branch on values), a batch
-of padded length T is cut into ceil(T / num_frames) windows per clip; windows
-past a clip's own ceil(n / num_frames) are computed and then weighted 0.
+its logits are s W (averaging logits would give the same: W is linear). (The
+authors' evaluation averages the softmax outputs of a file's windows; with
+several windows per clip the two can differ.) A training crop of exactly
+num_frames frames is one window, so training and evaluation share one path. To
+stay XLA-friendly (no branch on values), a batch of padded length T is cut into
+ceil(T / num_frames) windows per clip; windows past a clip's own
+ceil(n / num_frames) are computed and then weighted 0.
 
 Evaluation losses (test_step) follow the same windows: CE on the clip logits,
 reconstruction and min_j D_ij averaged over the clip's windows, and the batch
 term mean_j min_i D_ij taken over the batch's valid windows. For a batch of
 training crops these are exactly the training loss.
-
-Gradient clipping: `default_optimizer` uses Keras' `global_clipnorm` (the norm
-of all gradients together, as torch.nn.utils.clip_grad_norm_ does), not
-`clipnorm` (each variable's gradient clipped on its own). Keras 3 clips each
-replica's gradient before the cross-replica sum, so with N > 1 replicas the
-bound on the applied gradient is N x 0.5 when clipping acts (single device:
-exactly 0.5).
 """
 
 from __future__ import annotations
@@ -67,21 +90,26 @@ POOL = 2  # 2x2 max-pooling, twice: the latent grid is [T/4, F/4]
 NUM_POOLS = 2
 # Keras' LeakyReLU default, which the APNet authors' Keras code uses (NOTES.md leaves it open).
 LEAKY_RELU_SLOPE = 0.3
-GRADIENT_CLIP_NORM = 0.5  # NOTES.md
-ADAM_EPSILON = 1e-8  # PyTorch's AdamW default (the ISMIR authors' optimizer); Keras' is 1e-7
+# Keras' 'uniform' initialiser, which the authors' PrototypeLayer uses.
+PROTOTYPE_INIT_RANGE = 0.05
+# Loss weights (alpha, beta, gamma) of the authors' APNet.train default and Medley-solos-DB config.
+LOSS_WEIGHTS = (10.0, 5.0, 5.0)
 
 
 # -- the maths, as pure functions ---------------------------------------------------------
 
 
-def to_signed(log_mel: tf.Tensor) -> tf.Tensor:
-    """The log-Mel scale [0, 1] mapped to APNet's input scale [-1, 1]."""
-    return 2.0 * log_mel - 1.0
+def to_signed(log_mel: tf.Tensor, low: float = 0.0, high: float = 1.0) -> tf.Tensor:
+    """Min-max scaling: [low, high] (the train split's range) -> APNet's input scale [-1, 1].
+
+    As dcase_models' Scaler('minmax'): 2 ((x - low) / (high - low) - 0.5).
+    """
+    return 2.0 * ((log_mel - low) / (high - low) - 0.5)
 
 
-def from_signed(values: tf.Tensor) -> tf.Tensor:
-    """Inverse of `to_signed`: [-1, 1] -> the log-Mel scale [0, 1]."""
-    return 0.5 * (values + 1.0)
+def from_signed(values: tf.Tensor, low: float = 0.0, high: float = 1.0) -> tf.Tensor:
+    """Inverse of `to_signed`: [-1, 1] -> the log-Mel scale [low, high]."""
+    return (high - low) * (0.5 * values + 0.5) + low
 
 
 def upsample(x: tf.Tensor) -> tf.Tensor:
@@ -127,14 +155,9 @@ def prototype_distances(z: tf.Tensor, prototypes: tf.Tensor) -> tf.Tensor:
     return tf.maximum(distances, 0.0)
 
 
-def frequency_weighting(frequency_weights: tf.Tensor) -> tf.Tensor:
-    """H [M, F'] = softmax over latent frequency of the free weights [M, F']."""
-    return tf.nn.softmax(frequency_weights, axis=-1)
-
-
 def similarity(distances: tf.Tensor, frequency_weights: tf.Tensor) -> tf.Tensor:
-    """s[i, j] = sum_f H[j, f] exp(-d[i, j, f]) (eqs. 6-7): d [B, M, F'], free weights [M, F'] -> [B, M]."""
-    return tf.reduce_sum(frequency_weighting(frequency_weights)[tf.newaxis] * tf.exp(-distances), axis=-1)
+    """s[i, j] = sum_f H[j, f] exp(-d[i, j, f]) (eqs. 6-7): d [B, M, F'], the kernel H [M, F'] -> [B, M]."""
+    return tf.reduce_sum(frequency_weights[tf.newaxis] * tf.exp(-distances), axis=-1)
 
 
 def mean_distances(distances: tf.Tensor) -> tf.Tensor:
@@ -165,8 +188,8 @@ def prototype_loss(distances: tf.Tensor) -> tf.Tensor:
 
 
 def reconstruction_error(target: tf.Tensor, reconstruction: tf.Tensor) -> tf.Tensor:
-    """Per-example sum of squared errors (eq. 3 before the batch mean): [B, T, F] x2 -> [B]."""
-    return tf.reduce_sum(tf.square(target - reconstruction), axis=[1, 2])
+    """Per-example mean squared error over frames and bins (Keras' 'mean_squared_error'): [B, T, F] x2 -> [B]."""
+    return tf.reduce_mean(tf.square(target - reconstruction), axis=[1, 2])
 
 
 def cross_entropy(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
@@ -174,8 +197,9 @@ def cross_entropy(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
     return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(labels, tf.int32), logits=logits)
 
 
-def total_loss(logits, labels, distances, target, reconstruction, alpha=2.0, beta=1.0, gamma=1.0) -> tf.Tensor:
-    """Eq. 10 over a batch of windows: alpha mean CE + beta eq. 5 + gamma mean SSE (scalar)."""
+def total_loss(logits, labels, distances, target, reconstruction, alpha=LOSS_WEIGHTS[0], beta=LOSS_WEIGHTS[1],
+               gamma=LOSS_WEIGHTS[2]) -> tf.Tensor:
+    """Eq. 10 over a batch of windows: alpha mean CE + beta eq. 5 + gamma MSE (scalar)."""
     return (alpha * tf.reduce_mean(cross_entropy(logits, labels)) + beta * prototype_loss(distances)
             + gamma * tf.reduce_mean(reconstruction_error(target, reconstruction)))
 
@@ -255,10 +279,11 @@ class APNetDecoder(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="amych_tf")
 class PrototypeSimilarity(keras.layers.Layer):
-    """M latent prototypes and their frequency weights.
+    """M latent prototypes and the weighted sum's kernel (the authors' PrototypeLayer and WeightedSum).
 
     call(z [B, T', F', C]) -> (d [B, M, F'], s [B, M]); `prototypes` [M, T', F', C]
-    start uniform in [0, 1], `frequency_weights` [M, F'] at 0 (H = 1/F').
+    start U(-0.05, 0.05) (Keras' 'uniform'), `frequency_weights` H [M, F'] at 1/F'
+    under UnitNorm(axis=0) (the module docstring).
     """
 
     def __init__(self, num_prototypes: int, latent_shape, **kwargs):
@@ -269,9 +294,12 @@ class PrototypeSimilarity(keras.layers.Layer):
     def build(self, input_shape=None):
         self.prototypes = self.add_weight(
             name="prototypes", shape=(self.num_prototypes, *self.latent_shape),
-            initializer=keras.initializers.RandomUniform(0.0, 1.0))
+            initializer=keras.initializers.RandomUniform(-PROTOTYPE_INIT_RANGE, PROTOTYPE_INIT_RANGE))
+        latent_frequencies = self.latent_shape[1]
         self.frequency_weights = self.add_weight(
-            name="frequency_weights", shape=(self.num_prototypes, self.latent_shape[1]), initializer="zeros")
+            name="frequency_weights", shape=(self.num_prototypes, latent_frequencies),
+            initializer=keras.initializers.Constant(1.0 / latent_frequencies),
+            constraint=keras.constraints.UnitNorm(axis=0))
 
     def call(self, z):
         distances = prototype_distances(z, tf.convert_to_tensor(self.prototypes))
@@ -312,9 +340,11 @@ class APNet(PrebuiltModel):
         num_prototypes_latent: int = 100,
         filters: int = 32,
         kernel_size: int = 5,
-        alpha: float = 2.0,
-        beta: float = 1.0,
-        gamma: float = 1.0,
+        alpha: float = LOSS_WEIGHTS[0],
+        beta: float = LOSS_WEIGHTS[1],
+        gamma: float = LOSS_WEIGHTS[2],
+        input_min: float = 0.0,
+        input_max: float = 1.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -333,6 +363,9 @@ class APNet(PrebuiltModel):
         self.filters = int(filters)
         self.kernel_size = int(kernel_size)
         self.alpha, self.beta, self.gamma = float(alpha), float(beta), float(gamma)
+        if not input_max > input_min:
+            raise ValueError(f"input_max ({input_max}) must be larger than input_min ({input_min})")
+        self.input_min, self.input_max = float(input_min), float(input_max)
         self.latent_shape = (num_frames // downsampling, feature_config.n_mels // downsampling, self.filters)
 
         self.encoder = APNetEncoder(filters, kernel_size, name="encoder")
@@ -352,6 +385,14 @@ class APNet(PrebuiltModel):
 
     # -- forward ------------------------------------------------------------------------
 
+    def scale(self, log_mel: tf.Tensor) -> tf.Tensor:
+        """The log-Mel on the network's [-1, 1] scale (`to_signed` with the train split's range)."""
+        return to_signed(log_mel, self.input_min, self.input_max)
+
+    def unscale(self, values: tf.Tensor) -> tf.Tensor:
+        """Inverse of `scale`: the network's [-1, 1] scale back to log-Mel."""
+        return from_signed(values, self.input_min, self.input_max)
+
     def split_windows(self, log_mel: tf.Tensor, mask: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """Clips [B, T, F] with mask [B, T] -> (windows [B x W, num_frames, F], valid [B, W]); see the module docstring."""
         num_real_frames = tf.maximum(tf.cast(tf.round(tf.reduce_sum(mask, axis=1)), tf.int32), 1)
@@ -362,7 +403,7 @@ class APNet(PrebuiltModel):
     def call(self, inputs, training=None, return_details=False):
         log_mel, mask = unpack_features(inputs)
         windows, valid = self.split_windows(log_mel, mask)
-        latent, pooling_masks = self.encoder(to_signed(windows))
+        latent, pooling_masks = self.encoder(self.scale(windows))
         distances, window_similarities = self.prototype_layer(latent)
         batch, windows_per_clip = tf.shape(valid)[0], tf.shape(valid)[1]
         similarities = masked_window_mean(
@@ -414,60 +455,120 @@ class APNet(PrebuiltModel):
     # -- prototypes as spectrograms (the paper's section 5.1.2) -------------------------
 
     def decode_prototypes(self, examples, *, batch_size: int = 32, return_nearest: bool = False):
-        """Each latent prototype decoded with the pooling masks of its nearest example window.
+        """Each latent prototype decoded with the pooling masks of its most similar example window.
 
         examples: training examples, a log-Mel array [N, T, F] (any T; windowed
         as in evaluation), a features dict with "log_mel" and "mask", or a
         tf.data.Dataset of such batches or of (features, labels) batches (an
-        evaluation split: clips of any length, read batch by batch). The nearest
-        window to prototype j is argmin over all windows of D_ij; the decoder
-        then runs on p_j with that window's masks.
+        evaluation split: clips of any length, read batch by batch). The window
+        chosen for prototype j is the arg-max over all windows of the weighted
+        similarity s_ij (the authors' `Prototypes.__init__`: `argmax` of
+        `model_input_to_distances`, the weighted sum's output); the decoder then
+        runs on p_j with that window's masks.
 
         Returns the spectrograms [M, num_frames, F] float32 on the log-Mel
-        scale [0, 1] (the decoder's tanh output mapped back), and with
+        scale (the decoder's tanh output mapped back), and with
         `return_nearest` also the index [M] of the example holding each
-        nearest window (in the order the examples come).
+        chosen window (in the order the examples come).
         """
-        best_distance = np.full([self.num_prototypes_latent], np.inf)
+        best_similarity = np.full([self.num_prototypes_latent], -np.inf)
         best_window = np.zeros([self.num_prototypes_latent, self.num_frames, self.feature_config.n_mels], np.float32)
         nearest_example = np.zeros([self.num_prototypes_latent], np.int64)
         prototypes = tf.convert_to_tensor(self.prototype_layer.prototypes)
         start = 0
         for log_mel, mask in _example_batches(examples, batch_size):
             windows, valid = self.split_windows(log_mel, mask)
-            latent, _ = self.encoder(to_signed(windows))
-            distances = mean_distances(prototype_distances(latent, prototypes)).numpy()  # [windows, M]
-            distances[np.asarray(valid).reshape(-1) == 0] = np.inf
-            closest = distances.argmin(axis=0)
-            closer = distances[closest, np.arange(self.num_prototypes_latent)] < best_distance
-            best_distance[closer] = distances[closest[closer], np.flatnonzero(closer)]
-            best_window[closer] = windows.numpy()[closest[closer]]
-            nearest_example[closer] = start + closest[closer] // int(valid.shape[1])
+            latent, _ = self.encoder(self.scale(windows))
+            _, similarities = self.prototype_layer(latent)
+            similarities = similarities.numpy()  # [windows, M]
+            similarities[np.asarray(valid).reshape(-1) == 0] = -np.inf
+            most_similar = similarities.argmax(axis=0)
+            better = similarities[most_similar, np.arange(self.num_prototypes_latent)] > best_similarity
+            best_similarity[better] = similarities[most_similar[better], np.flatnonzero(better)]
+            best_window[better] = windows.numpy()[most_similar[better]]
+            nearest_example[better] = start + most_similar[better] // int(valid.shape[1])
             start += int(log_mel.shape[0])
         if not start:
             raise ValueError("decode_prototypes needs at least one example")
         spectra = []
         for first in range(0, self.num_prototypes_latent, batch_size):
             # Chunks bound the masks' memory: mask1 alone is 4 MB per prototype at SOL.
-            _, pooling_masks = self.encoder(to_signed(tf.constant(best_window[first:first + batch_size])))
-            spectra.append(from_signed(self.decoder(prototypes[first:first + batch_size], pooling_masks)).numpy())
+            _, pooling_masks = self.encoder(self.scale(tf.constant(best_window[first:first + batch_size])))
+            spectra.append(self.unscale(self.decoder(prototypes[first:first + batch_size], pooling_masks)).numpy())
         spectra = np.concatenate(spectra).astype(np.float32)
         return (spectra, nearest_example) if return_nearest else spectra
 
-    def prototype_classes(self) -> np.ndarray:
-        """The class each latent prototype votes for most, argmax_k W[j, k]: int [M].
+    def prototype_class_probabilities(self) -> np.ndarray:
+        """What the classifier says of each latent prototype taken as an input: softmax probabilities [M, classes].
 
-        The APNet paper reads its bias-free dense layer this way: a class's
-        prototypes are those with the largest weights into it.
+        The authors' `Prototypes.__init__` runs the prototypes through
+        `model_embeddings_to_out` (prototype layer, weighted sum, dense layer).
         """
-        return np.asarray(self.classifier.kernel).argmax(axis=1)
+        prototypes = tf.convert_to_tensor(self.prototype_layer.prototypes)
+        _, similarities = self.prototype_layer(prototypes)
+        return tf.nn.softmax(self.classifier(similarities)).numpy()
+
+    def prototype_classes(self) -> np.ndarray:
+        """The class of each latent prototype, the arg-max of `prototype_class_probabilities`: int [M]."""
+        return self.prototype_class_probabilities().argmax(axis=1)
+
+    def refined_copy(self) -> tuple["APNet", np.ndarray]:
+        """The paper's prototype refinement (section 5.2.1, eq. 12; the authors' `APNet.refine_prototypes`).
+
+        With the distances between prototypes D_jl = mean over (t, f, c) of
+        (p_j - p_l)^2 and the threshold gamma = min_{j != l} D_jl + mean(D) / 2
+        (the mean over every entry, the zero diagonal included, as their code
+        computes it), prototypes are visited in class order (stable); prototype
+        j is removed when its nearest other prototype l is closer than gamma,
+        belongs to the same class and j was not kept as some earlier
+        prototype's nearest; l is then kept. The dense rows of each class's
+        remaining prototypes are rescaled so that the column sums of |W| over
+        that class's prototypes stay what they were (their
+        `Prototypes.remove_instance`). Returns (a new APNet with the remaining
+        prototypes and every other weight copied, the indices kept, sorted by
+        class as the authors sort them).
+        """
+        prototypes = np.asarray(self.prototype_layer.prototypes, np.float64)
+        classes = self.prototype_classes()
+        order = np.argsort(classes, kind="stable")
+        flat = prototypes.reshape(len(prototypes), -1)[order]
+        sorted_classes = classes[order]
+        distances = ((flat[:, None, :] - flat[None, :, :]) ** 2).mean(axis=-1)
+        off_diagonal = distances + np.diag(np.full(len(flat), np.inf))
+        threshold = off_diagonal.min() + distances.mean() / 2.0
+        removed, kept = set(), set()
+        for j in range(len(flat)):
+            nearest = int(off_diagonal[j].argmin())
+            if off_diagonal[j, nearest] < threshold and j not in kept and sorted_classes[nearest] == sorted_classes[j]:
+                removed.add(j)
+                kept.add(nearest)
+        remaining = np.array([j for j in range(len(flat)) if j not in removed], np.int64)
+        indices = order[remaining]
+
+        kernel = np.asarray(self.classifier.kernel, np.float64)[order]
+        new_kernel = kernel[remaining].copy()
+        for label in np.unique(sorted_classes[list(removed)]) if removed else []:
+            before = np.abs(kernel[sorted_classes == label]).sum(axis=0)
+            rows = sorted_classes[remaining] == label
+            after = np.abs(new_kernel[rows]).sum(axis=0)
+            new_kernel[rows] *= np.where(after > 0, before / np.maximum(after, 1e-12), 1.0)
+
+        config = {**self.get_config(), "num_prototypes_latent": len(indices)}
+        refined = APNet.from_config(config)
+        refined.build_for_frames()
+        for source, target in ((self.encoder, refined.encoder), (self.decoder, refined.decoder)):
+            target.set_weights(source.get_weights())
+        refined.prototype_layer.prototypes.assign(prototypes[indices].astype(np.float32))
+        refined.prototype_layer.frequency_weights.assign(np.asarray(self.prototype_layer.frequency_weights)[indices])
+        refined.classifier.kernel.assign(new_kernel.astype(np.float32))
+        return refined, indices
 
     # -- training -----------------------------------------------------------------------
 
     def compute_losses(self, outputs, labels) -> dict[str, tf.Tensor]:
         """Per-clip losses from `call(..., return_details=True)` outputs.
 
-        Returns ce, rec (SSE on the [-1, 1] scale, mean over the clip's
+        Returns ce, rec (MSE on the [-1, 1] scale, mean over the clip's
         windows), prototype_per_example (min_j D_ij, mean over windows), each
         [B], and prototype_batch: mean_j min_i D_ij over the valid windows
         (scalar). The eq. 10 loss is the batch mean of
@@ -482,7 +583,7 @@ class APNet(PrebuiltModel):
         nearest_prototype, prototype_batch = prototype_loss_terms(outputs["distances"], tf.reshape(valid, [-1]))
         return {
             "ce": cross_entropy(outputs["logits"], labels),
-            "rec": per_clip(reconstruction_error(to_signed(outputs["windows"]), outputs["reconstruction"])),
+            "rec": per_clip(reconstruction_error(self.scale(outputs["windows"]), outputs["reconstruction"])),
             "prototype_per_example": per_clip(nearest_prototype),
             "prototype_batch": prototype_batch,
         }
@@ -537,10 +638,9 @@ class APNet(PrebuiltModel):
                 self.prototype_tracker, self.rec_tracker]
 
     @staticmethod
-    def default_optimizer(learning_rate: float = 1e-4) -> keras.optimizers.Optimizer:
-        """Adam (= AdamW without weight decay), eps 1e-8, global gradient norm clipped at 0.5 (module docstring)."""
-        return keras.optimizers.Adam(learning_rate=learning_rate, epsilon=ADAM_EPSILON,
-                                     global_clipnorm=GRADIENT_CLIP_NORM)
+    def default_optimizer(learning_rate: float = 1e-3) -> keras.optimizers.Optimizer:
+        """Keras' Adam with its defaults and no gradient clipping, learning rate 1e-3 (the APNet paper, section 4.4)."""
+        return keras.optimizers.Adam(learning_rate=learning_rate)
 
     # -- building and serialisation -----------------------------------------------------
 
@@ -563,6 +663,8 @@ class APNet(PrebuiltModel):
             "alpha": self.alpha,
             "beta": self.beta,
             "gamma": self.gamma,
+            "input_min": self.input_min,
+            "input_max": self.input_max,
         }
 
 
