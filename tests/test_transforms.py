@@ -186,7 +186,8 @@ def test_layer_gates_change_the_compiled_step_without_retracing():
 def test_octave_shift_of_a_harmonic_tone_matches_the_tone_an_octave_up():
     """log-Mel(220 Hz tone) shifted by s = 2 vs log-Mel(440 Hz tone).
 
-    Measured mean squared errors: 0.0017 after the shift, 0.0131 without it.
+    Measured mean squared errors (power log-Mels, twice the log contrast of magnitude
+    ones, hence four times the squared errors): 0.0075 after the shift, 0.056 without it.
     """
     sr = CONFIG.sample_rate
     low = spectral.log_mel(harmonic_tone(220.0, sr)[None], CONFIG)[0]
@@ -194,8 +195,8 @@ def test_octave_shift_of_a_harmonic_tone_matches_the_tone_an_octave_up():
     shifted = transforms.pitch_shift(low, 2.0 * tf.ones(low.shape[:1]), MEL)
     error_shifted = float(tf.reduce_mean((shifted - high) ** 2))
     error_unshifted = float(tf.reduce_mean((low - high) ** 2))
-    assert error_shifted < 0.0025, error_shifted
-    assert error_unshifted > 0.01, error_unshifted
+    assert error_shifted < 0.01, error_shifted
+    assert error_unshifted > 0.04, error_unshifted
     assert error_shifted < error_unshifted / 5
     # Shifting down by the inverse ratio undoes most of it, too.
     back = transforms.pitch_shift(high, 0.5 * tf.ones(low.shape[:1]), MEL)
