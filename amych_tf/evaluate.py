@@ -243,13 +243,15 @@ def fidelity_summary(model, explanations: dict, class_averages, classes) -> dict
 
 
 def evaluate_model(model, data_dir: str, split: str = "test", batch_size: int = 32, info=None,
-                   clustering: bool | None = None) -> dict:
+                   clustering: bool | None = None, class_averages=None) -> dict:
     """The metrics of `model` on a split (see the module docstring).
 
     `clustering` (baselines with K-means): evaluate clusters mapped to classes
     by the training majority; default: only for models that do not classify.
     PlayablePrototypes also get their hearing fidelity ("fidelity": fine
-    structure explained, prototype crispness, pitch tracking; amych_tf.metrics).
+    structure explained, prototype crispness, pitch tracking; amych_tf.metrics);
+    `class_averages` ([C, F], `class_average_spectra`) spares a pass over the
+    train split when the caller evaluates several checkpoints.
     """
     import numpy as np
 
@@ -283,8 +285,9 @@ def evaluate_model(model, data_dir: str, split: str = "test", batch_size: int = 
     if explanations is not None:
         classes = mapping if mapping is not None else np.where(np.arange(num_winners) < info.num_classes,
                                                                np.arange(num_winners), -1)
-        summary["fidelity"] = fidelity_summary(
-            model, explanations, class_average_spectra(data_dir, info, batch_size), classes)
+        if class_averages is None:
+            class_averages = class_average_spectra(data_dir, info, batch_size)
+        summary["fidelity"] = fidelity_summary(model, explanations, class_averages, classes)
     return summary
 
 

@@ -61,10 +61,11 @@ def table_rows(model_dir: str, data_dir: str | None = None, split: str = "valida
     model, config = evaluate.load_model(model_dir, checkpoints[0][2])
     data_dir = data_dir or config["dataset"]["data_dir"]
     info = data.load_dataset_info(data_dir, expected_features=model.feature_config)
+    averages = evaluate.class_average_spectra(data_dir, info, batch_size)  # the same for every stage
     rows = []
     for index, stage, path in checkpoints:
         model.load_weights(path)
-        summary = evaluate.evaluate_model(model, data_dir, split, batch_size, info=info)
+        summary = evaluate.evaluate_model(model, data_dir, split, batch_size, info=info, class_averages=averages)
         fidelity = summary["fidelity"]
         rows.append({"stage": index, "name": stage, "row": ROW_NAMES.get(stage, stage),
                      "overall_accuracy": summary["overall_accuracy"],
