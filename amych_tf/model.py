@@ -324,8 +324,14 @@ class PlayablePrototypes(PrebuiltModel):
         parameters = self.gated_parameters(self.transformation_parameters(log_mel, training=training))
         target, prototypes = log_mel, tf.convert_to_tensor(self.prototypes)
         if training:
-            blur = reconstruction.spectral_blur_matrix(self.spectral_blur, self.feature_config.n_mels)
-            target, prototypes = tf.matmul(log_mel, blur), tf.matmul(prototypes, blur)
+            def blurred():
+                blur = reconstruction.spectral_blur_matrix(self.spectral_blur, self.feature_config.n_mels)
+                return tf.matmul(log_mel, blur), tf.matmul(prototypes, blur)
+
+            # A graph branch, not a Python one: the width is a variable the curriculum sets
+            # between steps; at 0 (most of training, and the paper's setting) the step skips
+            # the [B, T, F] x [F, F] product.
+            target, prototypes = tf.cond(self.spectral_blur > 0.0, blurred, lambda: (log_mel, prototypes))
         per_frame = reconstruction.frame_errors(
             target, self.shifted_prototypes(parameters["pitch_ratio"], prototypes), *_additive(parameters))
         return masked_mean_over_time(per_frame, mask), parameters
