@@ -49,8 +49,8 @@ import keras
 
 WEIGHTS_FILENAME = "model.weights.h5"
 STATE_FILENAME = "state.json"
-# Callback attributes that carry over a restart (ModelCheckpoint, EarlyStopping).
-TRACKED_ATTRIBUTES = ("best", "wait", "best_epoch", "_batches_seen_since_last_saving")
+# Callback attributes that carry over a restart (ModelCheckpoint, EarlyStopping, the baselines' selection).
+TRACKED_ATTRIBUTES = ("best", "best_tie_breaker", "wait", "best_epoch", "_batches_seen_since_last_saving")
 _BACKUP_NAME = re.compile(r"^epoch-(\d+)$")
 
 

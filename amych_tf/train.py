@@ -333,10 +333,7 @@ def baseline_selection_callbacks(model, info, validation_data, checkpoints: str)
                                                     seed=FLAGS.seed))
     monitor = "val_accuracy" if classifies else selection.CLUSTER_ACCURACY
     if classifies:
-        result.append(keras.callbacks.ModelCheckpoint(
-            os.path.join(checkpoints, "best.weights.h5"), save_weights_only=True, save_best_only=True,
-            monitor=monitor, mode="max"))
-        result.append(selection.BestEpoch(monitor))
+        result.append(selection.BestValidation(os.path.join(checkpoints, "best.weights.h5"), monitor=monitor))
     if FLAGS.cpu_budget:
         result.append(selection.CPUBudget(FLAGS.cpu_budget))
     else:
@@ -349,7 +346,7 @@ def selected_epochs(selection_callbacks) -> dict:
     from amych_tf.baselines import selection
 
     return {callback.monitor: callback.best_epoch for callback in selection_callbacks
-            if isinstance(callback, (selection.ClusteringSelection, selection.BestEpoch))}
+            if isinstance(callback, (selection.ClusteringSelection, selection.BestValidation))}
 
 
 def refine_apnet(model, strategy, train_data, validation_data, info, checkpoints: str):
@@ -377,10 +374,10 @@ def refine_apnet(model, strategy, train_data, validation_data, info, checkpoints
     # The same selection, for exactly --refine_epochs epochs (no stopping callback).
     refine_callbacks = [callback for callback in baseline_selection_callbacks(
         refined, info, validation_data, refined_checkpoints)
-        if isinstance(callback, (selection.ClusteringSelection, selection.BestEpoch, keras.callbacks.ModelCheckpoint))]
+        if isinstance(callback, (selection.ClusteringSelection, selection.BestValidation))]
     refined.fit(train_data, epochs=FLAGS.refine_epochs, validation_data=validation_data, shuffle=False,
                 callbacks=refine_callbacks, verbose=FLAGS.verbose)
-    after = next(callback for callback in refine_callbacks if isinstance(callback, selection.BestEpoch)).best
+    after = next(callback for callback in refine_callbacks if isinstance(callback, selection.BestValidation)).best
     record = {"prototypes_before": model.num_prototypes_latent, "prototypes_after": len(kept),
               "epochs": FLAGS.refine_epochs, "validation_accuracy_before": float(before),
               "validation_accuracy_after": float(after), "used": bool(after > before),
@@ -472,7 +469,7 @@ def run(info, num_prototypes) -> dict:
     backup = resume.TrainingBackup(os.path.join(out_dir, "backup"), tracked=[
         callback for callback in run_callbacks
         if isinstance(callback, (keras.callbacks.ModelCheckpoint, keras.callbacks.EarlyStopping,
-                                 selection.ClusteringSelection, selection.BestEpoch))])
+                                 selection.ClusteringSelection, selection.BestValidation))])
     run_callbacks.append(backup)
 
     start = time.time()

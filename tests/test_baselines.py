@@ -301,6 +301,27 @@ def test_clustering_selection_logs_and_saves_only_improvements(data_dir, tmp_pat
     assert saved == [path, path] and callback.best_epoch == 3 and callback.best == 0.75  # a tie keeps epoch 3
 
 
+def test_best_validation_breaks_accuracy_ties_on_validation_loss(tmp_path, monkeypatch):
+    """A saturated validation split: equal accuracy, the lower loss wins; a later equal loss does not."""
+    from amych_tf.baselines import selection
+
+    model = small_model(ConvAutoencoder)
+    path = str(tmp_path / "best.weights.h5")
+    callback = selection.BestValidation(path)
+    callback.set_model(model)
+    saved = []
+    monkeypatch.setattr(model, "save_weights", lambda target: saved.append(target))
+    epochs = [{"val_accuracy": 0.9, "val_loss": 0.5}, {"val_accuracy": 1.0, "val_loss": 0.4},
+              {"val_accuracy": 1.0, "val_loss": 0.2}, {"val_accuracy": 1.0, "val_loss": 0.2},
+              {"val_accuracy": 0.95, "val_loss": 0.01}, {}]  # the last epoch had no validation
+    kept = []
+    for epoch, logs in enumerate(epochs):
+        callback.on_epoch_end(epoch, logs)
+        kept.append(callback.best_epoch)
+    assert kept == [1, 2, 3, 3, 3, 3] and len(saved) == 3
+    assert (callback.best, callback.best_tie_breaker, callback.epochs_run) == (1.0, 0.2, 6)
+
+
 def test_cpu_budget_stops_training_once_the_process_has_used_it():
     import time
 
