@@ -1,6 +1,6 @@
 """Training-time behaviour as Keras callbacks: curriculum, reassignment, non-finite guard.
 
-Curriculum (section 3.4, NOTES.md): raw prototypes -> gain -> pitch -> filters
+Curriculum (section 3.4; docs/DESIGN.md, section 2.4): raw prototypes -> gain -> pitch -> filters
 -> (supervised: beta starts learning, i.e. the cross-entropy takes effect) ->
 learning rate / 10. A stage ends when the epoch's training loss has not
 improved for `patience` epochs (the learning-rate stage waits twice as long);

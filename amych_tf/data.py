@@ -41,7 +41,7 @@ INFO_FILENAME = "dataset_info.json"
 MANIFEST_FILENAME = "manifest.csv"
 SKIPPED_FILENAME = "skipped.csv"
 STORAGE_DTYPES = ("float32", "float16")
-# NOTES.md: clips shorter than this are tiled (repeated) up to it.
+# docs/DESIGN.md, section 2.1: clips shorter than this are tiled (repeated) up to it.
 MIN_FRAMES = 16
 
 
@@ -206,7 +206,7 @@ def parse_example(serialized: tf.Tensor, *, num_mels: int, storage_dtype: str = 
 # is reproducible; a fresh dataset object starts again at the stream of the
 # first epoch (resuming mid-training does not continue the sequence).
 
-# NOTES.md, training-time augmentation (standard deviations).
+# docs/DESIGN.md, section 2.2, training-time augmentation (standard deviations).
 PITCH_LOG_STD = 0.15
 BIAS_STD = 0.05
 NOISE_STD = 0.01
@@ -278,7 +278,7 @@ def crop_indices(num_frames: tf.Tensor, length: int, seed: tf.Tensor) -> tf.Tens
 
     A clip at least `length` long gets a uniformly drawn window
     `[offset, offset + length)`, offset in [0, num_frames - length]. A shorter
-    clip is tiled (repeated along time, NOTES.md) and cropped at a uniformly
+    clip is tiled (repeated along time, docs/DESIGN.md 2.1) and cropped at a uniformly
     drawn phase: indices `(offset + t) % num_frames`, offset in
     [0, num_frames - 1]. Branch-free; `seed` is a stateless seed [2].
     """
@@ -289,7 +289,7 @@ def crop_indices(num_frames: tf.Tensor, length: int, seed: tf.Tensor) -> tf.Tens
 
 
 def augment_log_mel(log_mel: tf.Tensor, seed: tf.Tensor, mel_values) -> tf.Tensor:
-    """The training augmentation of NOTES.md on one clip's log-Mel [T, F].
+    """The training augmentation of docs/DESIGN.md (2.2) on one clip's log-Mel [T, F].
 
     In this order, each drawn from the stateless `seed` [2]:
       * pitch: `transforms.pitch_shift` by the ratio exp(0.15 N(0, 1)) on the

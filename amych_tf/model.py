@@ -9,7 +9,7 @@ Supervised loss:   L_rec(x, y) + lambda_ce * CE(softmax(-beta L_rec), y) (eqs. 8
 with prototype k tied to class k and beta = softplus(beta_free).
 
 Eq. 6 is normalised by F as well as T (the mean squared error over time and
-mel bins, as the authors' code and NOTES.md do); the paper's formula divides
+mel bins, as the authors' code does, docs/DESIGN.md 3); the paper's formula divides
 by T only. The cross-entropy's logits use the paper's scale, -beta * F * L_rec
 (the squared error summed over bins): with the mean, rec errors of ~1e-3 and
 beta = softplus(-4) = 0.018 give logits of ~1e-5, a CE stuck at log K whose
@@ -35,7 +35,7 @@ from amych_tf.networks import Encoder, TransformationDecoder
 from amych_tf.spectral import FeatureConfig
 
 MODES = ("supervised", "unsupervised")
-# Output scaling of the decoders (NOTES.md): tanh, then these factors.
+# Output scaling of the decoders (docs/DESIGN.md, section 2.3): tanh, then these factors.
 GAIN_SCALE = 0.5
 PITCH_SCALE = reconstruction.PITCH_LOG_RANGE  # s = exp(PITCH_SCALE * tanh(.)), in [1/e, e]
 FILTER_SCALE = 0.25
@@ -273,7 +273,7 @@ class PlayablePrototypes(PrebuiltModel):
         return tf.math.softplus(tf.convert_to_tensor(self.beta_free))
 
     def transformation_parameters(self, log_mel, training=None) -> dict[str, tf.Tensor]:
-        """Per-frame, per-prototype parameters, each [B, T, K], bounded as in NOTES.md."""
+        """Per-frame, per-prototype parameters, each [B, T, K], bounded as in docs/DESIGN.md, section 2.3."""
         bottleneck, skips = self.encoder(log_mel, training=training)
         gain = GAIN_SCALE * tf.tanh(self.gain_decoder(bottleneck, skips, training=training)[..., 0])
         pitch = tf.exp(PITCH_SCALE * tf.tanh(self.pitch_decoder(bottleneck, skips, training=training)[..., 0]))

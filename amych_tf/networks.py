@@ -1,6 +1,6 @@
 """Transformation networks (section 3.4): a shared 2-D encoder and 1-D U-Net decoders.
 
-Sizes follow the authors' implementation (NOTES.md), which gives 545k
+Sizes follow the authors' implementation (docs/DESIGN.md, section 2.3), which gives 545k
 parameters at K = 128 and about 497k at K = 33 with 128 mel bins:
 
 Encoder, on the input mapped to [-1, 1] (2x - 1), as an image [T, F, 1]:

@@ -36,7 +36,7 @@ import tensorflow as tf
 
 from amych_tf import transforms
 
-# Decoder range of the pitch ratio: s = exp(PITCH_LOG_RANGE * tanh(.)) (NOTES.md).
+# Decoder range of the pitch ratio: s = exp(PITCH_LOG_RANGE * tanh(.)) (docs/DESIGN.md, section 2.3).
 PITCH_LOG_RANGE = 1.0
 PITCH_TABLE_SIZE = 129
 

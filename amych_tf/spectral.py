@@ -38,7 +38,7 @@ LOG_EPSILON = 1e-10
 LOG_OFFSET = 10.0
 LOG_RANGE = 17.0
 
-# The paper's feature settings (NOTES.md); `FeatureConfig.preset(name)`.
+# The paper's feature settings (docs/DESIGN.md, section 2.1); `FeatureConfig.preset(name)`.
 PRESETS = {
     "sol": dict(sample_rate=44100, n_fft=2048, hop_length=512, n_mels=128),
     "librispeech": dict(sample_rate=16000, n_fft=1024, hop_length=512, n_mels=128),

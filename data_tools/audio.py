@@ -13,7 +13,7 @@ Decisions:
     the same on every platform for a given soxr version.
   * A clip too short for `min_samples` is tiled: the waveform is repeated
     end to end (`np.resize`) and cut at exactly `min_samples`, so short clips
-    become exactly the minimum length (NOTES.md: 16 frames).
+    become exactly the minimum length (docs/DESIGN.md, section 2.1: 16 frames).
   * Unusable input raises `UnusableAudio`, whose `kind` groups reasons in
     summaries and whose `detail` says what was found.
 """

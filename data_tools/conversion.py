@@ -62,7 +62,7 @@ from amych_tf import data, spectral
 from amych_tf.spectral import FeatureConfig
 from data_tools import audio, layouts
 
-# Percent of each class's files per split (NOTES.md), in data.SPLITS order.
+# Percent of each class's files per split (docs/DESIGN.md, section 2.1), in data.SPLITS order.
 SPLIT_PERCENT = {"train": 70, "validation": 10, "test": 20}
 MANIFEST_COLUMNS = ("split", "label", "class_name", "path", "duration", "num_frames", "midi_note")
 SKIPPED_COLUMNS = ("path", "reason")
@@ -517,7 +517,7 @@ def prepare_dataset(
       features: log-Mel parameters (see `resolve_features`).
       num_classes: LibriSpeech only: keep the speakers with the most audio
         (default DEFAULT_LIBRISPEECH_CLASSES).
-      sol_classes: SOL only: "paper" (the 33 classes of NOTES.md) or "discovered".
+      sol_classes: SOL only: "paper" (the 33 classes of docs/DESIGN.md) or "discovered".
       seed: seed of the split.
       num_workers: decoding processes (1: decode in this process).
       shard_size: examples per shard.

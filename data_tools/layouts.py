@@ -37,7 +37,7 @@ LAYOUT_DESCRIPTIONS = {
     "folders": "<class>/.../<file>, one sub-folder per class",
 }
 SOL_CLASS_CHOICES = ("paper", "discovered")
-# NOTES.md: the 33 SOL classes of the paper, in label order.
+# docs/DESIGN.md, section 2.1: the 33 SOL classes of the paper, in label order.
 SOL_PAPER_CLASSES = (
     "PluckedStrings/Guitar", "PluckedStrings/Harp", "Bassoons/Bassoon", "Saxophones/Alto-Sax",
     "Flutes/Flute", "Tubas/Bass-Tuba", "Trumpets/Trumpet-C-wah", "Trumpets/Trumpet-C-cup",

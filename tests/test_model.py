@@ -46,7 +46,7 @@ def test_parameter_count_matches_the_authors_architecture():
     model = PlayablePrototypes(FeatureConfig.preset("sol"), 33)
     model.build_for_frames(16)
     trainable = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
-    assert trainable == 496_415  # NOTES.md: "about 497k at K=33"
+    assert trainable == 496_415  # docs/DESIGN.md, section 2.3
     model = PlayablePrototypes(FeatureConfig.preset("sol"), 128)
     model.build_for_frames(16)
     assert sum(int(np.prod(v.shape)) for v in model.trainable_variables) == 545_625  # paper: 545k

@@ -88,7 +88,7 @@ from amych_tf.spectral import FeatureConfig
 
 POOL = 2  # 2x2 max-pooling, twice: the latent grid is [T/4, F/4]
 NUM_POOLS = 2
-# Keras' LeakyReLU default, which the APNet authors' Keras code uses (NOTES.md leaves it open).
+# Keras' LeakyReLU default, which the APNet authors' Keras code uses (docs/DESIGN.md, section 4).
 LEAKY_RELU_SLOPE = 0.3
 # Keras' 'uniform' initialiser, which the authors' PrototypeLayer uses.
 PROTOTYPE_INIT_RANGE = 0.05
