@@ -52,12 +52,12 @@ setup(
             "amych-prepare = data_tools.prepare:run",
             "amych-make-demo = data_tools.make_demo:run",
             "amych-render-soundfont = data_tools.render_soundfont:run",
-            "amych-train = amych_tf.train:console_main",
-            "amych-evaluate = amych_tf.evaluate:console_main",
-            "amych-report = amych_tf.report:console_main",
-            "amych-listen = amych_tf.listen:console_main",
-            "amych-export = amych_tf.export:console_main",
-            "amych-compare = amych_tf.compare:console_main",
+            "amych-train = amych_tf.cli.train:console_main",
+            "amych-evaluate = amych_tf.cli.evaluate:console_main",
+            "amych-report = amych_tf.cli.report:console_main",
+            "amych-listen = amych_tf.cli.listen:console_main",
+            "amych-export = amych_tf.cli.export:console_main",
+            "amych-compare = amych_tf.cli.compare:console_main",
         ]
     },
     classifiers=[

@@ -21,7 +21,10 @@ import json
 import os
 import shutil
 
-from amych_tf import listen
+from amych_tf import listening
+from amych_tf.audio_io import safe_name
+from amych_tf.rundir import RunDir
+from amych_tf.training.curriculum import row_name
 
 STYLE = """
 body { font-family: sans-serif; margin: 1.5em; max-width: 80em; color: #222; }
@@ -105,11 +108,9 @@ def metrics_section(summary: dict) -> str:
 
 def run_section(model_dir: str, config: dict) -> str:
     """Curriculum stages reached (stage checkpoints, training's metrics.json) and the run's config."""
-    from amych_tf import report
-
-    stages = [report.ROW_NAMES.get(name, name) for _, name, _ in report.stage_checkpoints(model_dir)]
+    stages = [row_name(name) for _, name, _ in RunDir(model_dir).stage_checkpoints()]
     parts = ["<h2>Run</h2>", f"<p>Model dir: <code>{escape(os.path.abspath(model_dir))}</code></p>"]
-    training_path = os.path.join(model_dir, "metrics.json")
+    training_path = RunDir(model_dir).metrics
     if os.path.isfile(training_path):
         with open(training_path, encoding="utf-8") as f:
             training = json.load(f)
@@ -124,10 +125,10 @@ def run_section(model_dir: str, config: dict) -> str:
 
 
 def confusion_section(summary: dict, class_names, out_dir: str) -> str:
-    from amych_tf import evaluate
+    from amych_tf import evaluation
 
     output = os.path.join(out_dir, "eval-test.json")
-    evaluate.write_report(summary, output, class_names)
+    evaluation.write_report(summary, output, class_names)
     parts = ["<h2>Confusion matrix</h2>",
              captioned_image(os.path.splitext(output)[0] + ".png", out_dir,
                              "Confusion matrix of the test split: true class by row, predicted by column",
@@ -146,9 +147,9 @@ def prototype_images(model, out_dir: str) -> list[str]:
     """One spectrum PNG per prototype (prototypes/<k>-<name>.png), beside its WAV."""
     from amych_tf import plots
 
-    names, paths = listen.prototype_names(model), []
+    names, paths = model.prototype_names(), []
     for k, prototype in enumerate(model.prototypes.numpy()):
-        paths.append(os.path.join(out_dir, "prototypes", f"{k}-{listen.safe_name(names[k])}.png"))
+        paths.append(os.path.join(out_dir, "prototypes", f"{k}-{safe_name(names[k])}.png"))
         with open(paths[-1], "wb") as f:
             f.write(plots.figure_to_png(plots.prototype_gallery(prototype[None], model.feature_config,
                                                                 [names[k]], columns=1)))
@@ -156,7 +157,7 @@ def prototype_images(model, out_dir: str) -> list[str]:
 
 
 def prototypes_section(model, wav_paths, image_paths, classes, wins, class_names, out_dir: str) -> str:
-    names = listen.prototype_names(model)
+    names = model.prototype_names()
     rows = []
     for k, name in enumerate(names):
         class_name = class_names[classes[k]] if classes[k] >= 0 else "no class"
@@ -184,9 +185,9 @@ def collect_test_clips(model, data_dir: str, info, batch_size: int) -> dict:
     """Every test clip's winner, errors, label and metadata, in file order."""
     import numpy as np
 
-    from amych_tf import data, evaluate
+    from amych_tf import data, evaluation
 
-    explain = evaluate.traced(model, "explain_winner", lambda m, features: m.explain_winner(features))
+    explain = evaluation.traced(model, "explain_winner", lambda m, features: m.explain_winner(features))
     columns = {key: [] for key in ("rec_errors", "label", "path", "index", "num_frames")}
     for features, labels in data.evaluation_dataset(data_dir, "test", batch_size=batch_size, info=info,
                                                     with_metadata=True):
@@ -233,12 +234,12 @@ def examples_section(model, model_dir: str, data_dir: str, info, clips: dict, cl
                      audio_dir: str | None, n_iter: int) -> str:
     import numpy as np
 
-    from amych_tf import evaluate, report
+    from amych_tf import registry
 
-    names = listen.prototype_names(model)
-    checkpoints = report.stage_checkpoints(model_dir)
+    names = model.prototype_names()
+    checkpoints = RunDir(model_dir).stage_checkpoints()
     # A second model takes the stage checkpoints' weights, so `model` keeps the ones listened to.
-    stage_model = evaluate.load_model(model_dir, checkpoints[0][2])[0] if checkpoints else None
+    stage_model = registry.load_model(model_dir, checkpoints[0][2])[0] if checkpoints else None
     log_mels = clip_log_mels(data_dir, info, clips["index"][chosen], 2**model.n_pools)
     parts = ["<h2>Test clips</h2><p>Input (re-synthesised from its log-Mel: what the model hears), its "
              "reconstruction by the winning prototype, and the winning prototype. The explanation figure "
@@ -254,13 +255,13 @@ def examples_section(model, model_dir: str, data_dir: str, info, clips: dict, cl
         log_mel, frames = log_mels[index]
         title = f"test clip {index}: {os.path.basename(source)} (class {info.class_names[label]})"
         stem = os.path.splitext(os.path.basename(source))[0]
-        directory = os.path.join(out_dir, "examples", listen.safe_name(f"{index}-{stem}"))
+        directory = os.path.join(out_dir, "examples", safe_name(f"{index}-{stem}"))
         true_name = names[list(classes).index(label)] if model.mode == "supervised" and label in classes else None
-        listen.listen_to_log_mel(model, log_mel, frames, directory, title, true_name, n_iter)
+        listening.listen_to_log_mel(model, log_mel, frames, directory, title, true_name, n_iter)
         players = [player(os.path.join(directory, "input.wav"), out_dir, f"Input, clip {index} (from its log-Mel)"),
-                   player(os.path.join(directory, f"winner-{winner}-{listen.safe_name(names[winner])}.wav"), out_dir,
+                   player(os.path.join(directory, f"winner-{winner}-{safe_name(names[winner])}.wav"), out_dir,
                           f"Reconstruction of clip {index} by prototype {names[winner]}"),
-                   player(os.path.join(out_dir, "prototypes", f"{winner}-{listen.safe_name(names[winner])}.wav"),
+                   player(os.path.join(out_dir, "prototypes", f"{winner}-{safe_name(names[winner])}.wav"),
                           out_dir, f"Winning prototype {names[winner]}")]
         original = os.path.join(audio_dir, source) if audio_dir else None
         if original and os.path.isfile(original):
@@ -289,12 +290,10 @@ def examples_section(model, model_dir: str, data_dir: str, info, clips: dict, cl
 def stages_figure(stage_model, checkpoints, log_mel, frames: int, directory: str, title: str, index: int,
                   out_dir: str, n_iter: int) -> str:
     """The clip's Figure 5 (the winner after each curriculum stage) with a player per stage."""
-    from amych_tf import report
-
-    figure = listen.stages_of_log_mel(stage_model, checkpoints, log_mel, frames, directory, title, n_iter)
+    figure = listening.stages_of_log_mel(stage_model, checkpoints, log_mel, frames, directory, title, n_iter)
     players = "".join(
         player(os.path.join(directory, f"stage-{stage_index}-{stage}.wav"), out_dir,
-               f"Clip {index} reconstructed after stage {report.ROW_NAMES.get(stage, stage)}")
+               f"Clip {index} reconstructed after stage {row_name(stage)}")
         for stage_index, stage, _ in checkpoints)
     return captioned_image(figure, out_dir, f"Clip {index}: input, reconstruction and winning prototype after "
                            "each curriculum stage", "After each curriculum stage") + f"<div>{players}</div>"
@@ -310,28 +309,28 @@ def write_page(model, config: dict, model_dir: str, data_dir: str, out_dir: str,
     """
     import numpy as np
 
-    from amych_tf import data, evaluate
+    from amych_tf import data, evaluation
 
     info = data.load_dataset_info(data_dir, expected_features=model.feature_config)
     if info.split_counts.get("test", 0) == 0:
-        raise evaluate.EvaluationError(f"dataset {data_dir!r} has no test clips")
+        raise evaluation.EvaluationError(f"dataset {data_dir!r} has no test clips")
     os.makedirs(out_dir, exist_ok=True)
-    summary = evaluate.evaluate_model(model, data_dir, "test", batch_size, info=info)
+    summary = evaluation.evaluate_model(model, data_dir, "test", batch_size, info=info)
     sections = [metrics_section(summary), run_section(model_dir, config),
                 confusion_section(summary, info.class_names, out_dir)]
-    if hasattr(model, "decode_prototypes"):
-        sections.append(apnet_section(listen.listen_to_apnet_prototypes(model, data_dir, out_dir, batch_size, n_iter),
+    if model.decodes_prototypes:
+        sections.append(apnet_section(listening.listen_to_apnet_prototypes(model, data_dir, out_dir, batch_size, n_iter),
                                       out_dir))
-    elif evaluate.is_playable(model):
+    elif model.playable:
         classes = np.asarray(summary["prototype_classes"]) if "prototype_classes" in summary else \
-            evaluate.prototype_classes(model)
+            evaluation.prototype_classes(model)
         clips = collect_test_clips(model, data_dir, info, batch_size)
         winners = clips["rec_errors"].argmin(1)
         wins = np.bincount(winners, minlength=model.num_prototypes)
-        wav_paths = listen.listen_to_prototypes(model, out_dir, n_iter=n_iter)
+        wav_paths = listening.listen_to_prototypes(model, out_dir, n_iter=n_iter)
         sections.append(prototypes_section(model, wav_paths, prototype_images(model, out_dir), classes, wins,
                                            info.class_names, out_dir))
-        averages = listen.listen_to_class_averages(model, data_dir, out_dir, batch_size, model_dir)
+        averages = listening.listen_to_class_averages(model, data_dir, out_dir, batch_size, model_dir)
         sections.append(captioned_image(averages, out_dir, "Each prototype beside the average spectrum of its class",
                                         "Prototypes and their class's average training spectrum"))
         chosen = choose_examples(classes[winners] == clips["label"], clips["label"], examples)

@@ -31,10 +31,10 @@ import numpy as np
 import tensorflow as tf
 
 from amych_tf import reconstruction, transforms
+from amych_tf.contract import MODES, ModelContract
 from amych_tf.networks import Encoder, TransformationDecoder
 from amych_tf.spectral import FeatureConfig
 
-MODES = ("supervised", "unsupervised")
 # Output scaling of the decoders (docs/DESIGN.md, section 2.3): tanh, then these factors.
 GAIN_SCALE = 0.5
 PITCH_SCALE = reconstruction.PITCH_LOG_RANGE  # s = exp(PITCH_SCALE * tanh(.)), in [1/e, e]
@@ -147,10 +147,11 @@ class AssignmentCounts(keras.metrics.Metric):
         return {**super().get_config(), "num_prototypes": self.num_prototypes}
 
 
-class PrebuiltModel(keras.Model):
+class PrebuiltModel(ModelContract, keras.Model):
     """A model built by running a dummy batch (`build_for_frames`), never symbolically by fit.
 
-    Shared by PlayablePrototypes and the baselines (amych_tf.baselines).
+    Shared by PlayablePrototypes and the baselines (amych_tf.baselines), which
+    thereby implement `contract.ModelContract`.
     """
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
@@ -179,6 +180,24 @@ class PlayablePrototypes(PrebuiltModel):
     transformation parameters, each [B, T, K]: gain, pitch_ratio, low_cutoff,
     low_slope, high_cutoff, high_slope (the explanation of a prediction).
     """
+
+    registry_name = "prototypes"
+    playable = True
+    exportable = True
+    modes = MODES
+
+    @classmethod
+    def from_train_config(cls, config, info, **prepared):
+        del prepared
+        return cls(info.features, config.num_prototypes or info.num_classes, mode=config.mode,
+                   num_classes=info.num_classes, class_names=info.class_names, lambda_ce=config.lambda_ce,
+                   beta_init=config.beta_init)
+
+    def training_optimizer(self, config):
+        """AdamW with a learning-rate scale per parameter group, which the curriculum sets."""
+        from amych_tf.optimizers import GroupedAdamW
+
+        return GroupedAdamW(optimizer_groups(config.weight_decay), learning_rate=config.learning_rate)
 
     def __init__(
         self,
@@ -235,7 +254,7 @@ class PlayablePrototypes(PrebuiltModel):
             name="transform_gates", shape=(len(transforms.STAGES),), initializer="zeros", trainable=False
         )
         # [stage index, epochs without improvement, best loss, warm-up step] of the
-        # curriculum (amych_tf.callbacks.Curriculum); a weight so checkpoints carry it.
+        # curriculum (amych_tf.training.callbacks.Curriculum); a weight so checkpoints carry it.
         # Coarse-to-fine training: the Gaussian width (mel bins) by which training
         # blurs inputs and prototypes in the loss; the curriculum anneals it to 0.
         self.spectral_blur = self.add_weight(
@@ -314,7 +333,7 @@ class PlayablePrototypes(PrebuiltModel):
 
         In training (training=True) the loss compares the input and the prototypes
         blurred over mel bins by `spectral_blur` (a Gaussian of that many bins, none
-        at 0): the coarse-to-fine schedule of `amych_tf.callbacks.Curriculum`.
+        at 0): the coarse-to-fine schedule of `amych_tf.training.callbacks.Curriculum`.
         Blurring both before the transformations approximates blurring the
         reconstruction (gain and filters are smooth in frequency, the pitch shift
         a smooth warp) at the cost of [K, F] instead of [B, T, K, F]. The encoder

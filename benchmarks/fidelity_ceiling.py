@@ -26,7 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from amych_tf import data, evaluate, metrics, transforms  # noqa: E402
+from amych_tf import data, metrics, registry, transforms  # noqa: E402
 
 flags.DEFINE_string("model_dir", None, "A training run of PlayablePrototypes.")
 flags.DEFINE_string("data_dir", None, "Prepared dataset (default: the run's).")
@@ -38,7 +38,7 @@ GRID_STEP_SEMITONES = 0.1
 
 def main(argv):
     del argv
-    model, config = evaluate.load_model(FLAGS.model_dir)
+    model, config = registry.load_model(FLAGS.model_dir)
     data_dir = FLAGS.data_dir or config["dataset"]["data_dir"]
     info = data.load_dataset_info(data_dir, expected_features=model.feature_config)
     grid = np.arange(-FLAGS.max_semitones, FLAGS.max_semitones + 1e-9, GRID_STEP_SEMITONES)

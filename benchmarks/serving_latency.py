@@ -1,4 +1,4 @@
-"""Latency of an exported model (amych_tf.export) on one clip, loaded with plain TensorFlow.
+"""Latency of an exported model (amych_tf.serving) on one clip, loaded with plain TensorFlow.
 
     python benchmarks/serving_latency.py --saved_model=saved_models/demo/1 [--seconds=1] [--calls=100]
     python benchmarks/serving_latency.py --preset=sol --num_prototypes=33 [--append_results]
@@ -50,7 +50,7 @@ flags.DEFINE_boolean("append_results", False, f"Append a row to {os.path.basenam
 
 
 def untrained_export(directory: str) -> str:
-    from amych_tf import export
+    from amych_tf import serving
     from amych_tf.model import PlayablePrototypes
     from amych_tf.spectral import FeatureConfig
 
@@ -58,7 +58,7 @@ def untrained_export(directory: str) -> str:
                                class_names=[f"class{k}" for k in range(FLAGS.num_prototypes)])
     model.build_for_frames(16)
     model.set_active_transformations(("gain", "pitch", "low", "high"))
-    return export.export_model(model, directory)
+    return serving.export_model(model, directory)
 
 
 def main(argv):

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from amych_tf import data
-from amych_tf.baselines import model_class
+from amych_tf.registry import model_class
 from amych_tf.baselines.autoencoder import ConvAutoencoder, masked_reconstruction_error, nearest_centre
 from amych_tf.baselines.direct import DirectClassifier, masked_max_over_time, pooled_mask, tile_padding
 from amych_tf.spectral import FeatureConfig

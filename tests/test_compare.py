@@ -11,7 +11,9 @@ from absl.testing import flagsaver
 
 from helpers import class_coded_log_mel, make_prepared_dir
 
-from amych_tf import compare, train
+from amych_tf import comparison
+from amych_tf.cli import train
+from amych_tf.training import trainer
 
 FLAGS = flags.FLAGS
 train.define_flags()
@@ -44,8 +46,8 @@ def tiny_runs(tmp_path_factory):
         FLAGS(["train", f"--flagfile={configs_dir / f'tiny_{run}.cfg'}", f"--data_dir={data_dir}",
                f"--model_dir={out_dir / run}", "--verbose=0"])
         with flagsaver.flagsaver():
-            info, num_prototypes = train.check_flags()
-            train.run(info, num_prototypes)
+            config = train.config_from_flags()
+            trainer.train(config, trainer.check(config))
     FLAGS.unparse_flags()
     return str(data_dir), str(configs_dir), str(out_dir)
 
@@ -60,7 +62,7 @@ def test_compare_trains_missing_runs_and_writes_the_three_tables(tiny_runs):
     # Only `direct` was missing: compare trained it (and timed it), and collected the others.
     assert "[compare] training direct" in completed.stdout
     assert "[compare] training sup" not in completed.stdout
-    with open(os.path.join(out_dir, "direct", compare.RUN_FILENAME)) as f:
+    with open(os.path.join(out_dir, "direct", comparison.RUN_FILENAME)) as f:
         timing = json.load(f)
     assert timing["cpu_seconds"] > 0 and timing["wall_seconds"] > 0
 
@@ -96,12 +98,12 @@ def test_compare_refuses_missing_configs_before_training(tmp_path):
 
 def test_baselines_get_the_cpu_time_of_our_runs_in_their_table_as_budget():
     metrics = {"sup": {"cpu_seconds": 100.2}, "unsup": {"cpu_seconds": 250.0}}
-    assert compare.budget_flags("direct", metrics) == ["--cpu_budget=101"]
-    assert compare.budget_flags("autoencoder", metrics) == ["--cpu_budget=250"]
-    assert compare.budget_flags("apnet", metrics) == ["--cpu_budget=250"]
-    assert compare.budget_flags("apnet", {"sup": {"cpu_seconds": 100.2}}) == ["--cpu_budget=101"]
-    assert compare.budget_flags("direct", {}) == [] and compare.budget_flags("sup", metrics) == []
-    assert compare._budget_cell({"budget": {"cpu_budget_seconds": 250, "epochs_run": 31, "max_epochs": 200}}) == \
+    assert comparison.budget_flags("direct", metrics) == ["--cpu_budget=101"]
+    assert comparison.budget_flags("autoencoder", metrics) == ["--cpu_budget=250"]
+    assert comparison.budget_flags("apnet", metrics) == ["--cpu_budget=250"]
+    assert comparison.budget_flags("apnet", {"sup": {"cpu_seconds": 100.2}}) == ["--cpu_budget=101"]
+    assert comparison.budget_flags("direct", {}) == [] and comparison.budget_flags("sup", metrics) == []
+    assert comparison._budget_cell({"budget": {"cpu_budget_seconds": 250, "epochs_run": 31, "max_epochs": 200}}) == \
         "CPU >= 250 s; 31 epochs run"
-    assert compare._budget_cell({"budget": {"curriculum_patience": 1, "epochs_run": 40, "max_epochs": 40}}) == \
+    assert comparison._budget_cell({"budget": {"curriculum_patience": 1, "epochs_run": 40, "max_epochs": 40}}) == \
         "<= 40 epochs, patience 1/stage; 40 epochs run"

@@ -5,7 +5,7 @@ import weakref
 
 import numpy as np
 
-from amych_tf import data, evaluate
+from amych_tf import data, evaluation
 from helpers import FEATURES, make_prepared_dir, write_model_dir
 
 
@@ -18,14 +18,14 @@ def test_rec_errors_follow_loaded_weights_without_retracing_and_free_the_model(t
     split = data.evaluation_dataset(str(tmp_path / "data"), "train", batch_size=2, info=info)
     model = write_model_dir(str(tmp_path / "run"))
 
-    before, labels = evaluate.collect_rec_errors(model, split)
-    function = evaluate._TRACED[model]["rec_errors"]
+    before, labels = evaluation.collect_rec_errors(model, split)
+    function = evaluation._TRACED[model]["rec_errors"]
     traces = function.experimental_get_tracing_count()
     assert traces <= 2
 
     # Report and compare load one checkpoint after another into the same model.
     model.prototypes.assign(model.prototypes.numpy() + 0.25)
-    after, _ = evaluate.collect_rec_errors(model, split)
+    after, _ = evaluation.collect_rec_errors(model, split)
     assert function.experimental_get_tracing_count() == traces
     assert not np.allclose(before, after)
     expected = np.concatenate([model(features, training=False)["rec_errors"].numpy() for features, _ in split])

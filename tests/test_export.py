@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from helpers import FEATURES, harmonic_tone, make_prepared_dir, write_model_dir
 
-from amych_tf import data, evaluate, export, spectral
+from amych_tf import data, evaluation, registry, serving, spectral
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -94,7 +94,7 @@ def test_exported_model_serves_without_amych_tf(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(os.listdir(export_dir)) == ["1"]  # TF Serving's layout, no staging left behind
     version_dir = os.path.join(export_dir, "1")
-    with open(os.path.join(version_dir, "assets.extra", export.METADATA_FILENAME)) as f:
+    with open(os.path.join(version_dir, "assets.extra", serving.METADATA_FILENAME)) as f:
         metadata = json.load(f)
     assert metadata["feature_config"] == FEATURES.to_dict() and metadata["prototype_classes"] == [0, 1, 2]
 
@@ -139,7 +139,7 @@ def test_exported_model_serves_without_amych_tf(tmp_path):
     report = json.loads(served.stdout.strip().splitlines()[-1])
     outputs = dict(np.load(tmp_path / "outputs.npz"))
 
-    model, _ = evaluate.load_model(model_dir)
+    model, _ = registry.load_model(model_dir)
     beta_f = float(model.beta) * FEATURES.n_mels
     for name, waveform in (("long", long), ("short", short)):
         _, expected, _ = keras_outputs(model, waveform)
@@ -165,7 +165,7 @@ def test_exported_model_serves_without_amych_tf(tmp_path):
     np.testing.assert_allclose(outputs["explain/long/log_mel"], log_mel, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(outputs["explain/long/reconstruction"],
                                expected["reconstructions"][batch, :frames, winner], rtol=1e-4, atol=1e-5)
-    for name in export.EXPLAINED_PARAMETERS:
+    for name in serving.EXPLAINED_PARAMETERS:
         np.testing.assert_allclose(outputs[f"explain/long/{name}"], expected[name][batch, :frames, winner],
                                    rtol=1e-4, atol=1e-5, err_msg=name)
     np.testing.assert_allclose(outputs["explain/long/prototype_spectrum"], model.prototypes.numpy()[winner])
@@ -185,14 +185,14 @@ def test_exported_model_serves_without_amych_tf(tmp_path):
     assert report["large_batch"]["explain"]["reconstruction"] == [64, FEATURES.num_frames(160000), FEATURES.n_mels]
     assert report["large_batch"]["classify_logmel"]["rec_errors"] == [64, 3]
 
-    assert [signature for signature, _ in report["warmup"]] == list(export.SIGNATURES)
+    assert [signature for signature, _ in report["warmup"]] == list(serving.SIGNATURES)
     assert report["warmup"][0][1] == ["class_id", "class_name", "probabilities", "prototype", "rec_errors"]
 
     # The next export is version 2; an existing version is refused, leaving nothing behind.
     result = run_cli(f"--model_dir={model_dir}", f"--export_dir={export_dir}", "--export_version=1")
     assert result.returncode == 2 and "exists already" in result.stderr
     assert sorted(os.listdir(export_dir)) == ["1"]
-    assert export.next_version(export_dir) == 2
+    assert serving.next_version(export_dir) == 2
 
 
 def test_unsupervised_prototypes_are_named_by_training_majority(tmp_path):
@@ -202,9 +202,9 @@ def test_unsupervised_prototypes_are_named_by_training_majority(tmp_path):
     info = data.load_dataset_info(str(tmp_path / "data"))
     model = write_model_dir(str(tmp_path / "run"), mode="unsupervised", data_dir=str(tmp_path / "data"))
 
-    classes = evaluate.prototype_classes(model, str(tmp_path / "data"))
+    classes = evaluation.prototype_classes(model, str(tmp_path / "data"))
     train_split = data.evaluation_dataset(str(tmp_path / "data"), "train", batch_size=4, info=info)
-    rec, labels = evaluate.collect_rec_errors(model, train_split)
+    rec, labels = evaluation.collect_rec_errors(model, train_split)
     winners = rec.argmin(1)
     for k in range(3):
         won = labels[winners == k]
@@ -222,4 +222,4 @@ def test_export_errors_are_one_line(tmp_path):
 def test_next_version(tmp_path, names, expected):
     for name in names:
         os.makedirs(tmp_path / name)
-    assert export.next_version(str(tmp_path)) == expected
+    assert serving.next_version(str(tmp_path)) == expected

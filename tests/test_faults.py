@@ -132,7 +132,9 @@ def test_prepare_killed_midway_leaves_no_partial_dataset_and_a_rerun_equals_an_u
 # the third epoch (after its 2nd batch), "metrics" when metrics.json is about to get its name.
 KILLED_TRAINING = textwrap.dedent("""
     import os, signal, sys
-    from amych_tf import callbacks, evaluate, train
+    from amych_tf import evaluation
+    from amych_tf.cli import train
+    from amych_tf.training import callbacks
 
     where, argv = sys.argv[1], sys.argv[2:]
     if where == "epoch":
@@ -145,14 +147,14 @@ KILLED_TRAINING = textwrap.dedent("""
 
         callbacks.NonFiniteGuard.on_train_batch_end = guard_then_die
     else:
-        replace = evaluate.os.replace
+        replace = evaluation.os.replace
 
         def die_before_metrics(source, target):
             if target.endswith("metrics.json"):
                 os.kill(os.getpid(), signal.SIGKILL)
             replace(source, target)
 
-        evaluate.os.replace = die_before_metrics
+        evaluation.os.replace = die_before_metrics
     sys.argv = ["train", *argv]
     train.console_main()
 """)
@@ -222,7 +224,7 @@ def test_training_killed_mid_epoch_or_while_writing_metrics_resumes_where_it_sto
     assert os.listdir(os.path.join(model_dir, "backup")) == ["epoch-3"]
     # The test metrics are those of the best validation checkpoint, here from before the kill, which the
     # rerun keeps because it remembers the best validation loss: equal to the last bit (tolerance 0).
-    # Epochs after a resume see another data stream than an uninterrupted run (amych_tf.resume), so
+    # Epochs after a resume see another data stream than an uninterrupted run (amych_tf.training.resume), so
     # a best checkpoint from after the resume would differ as much as a run with another shuffle does.
     assert metrics(os.path.join(model_dir, "metrics.json.tmp")) == metrics(os.path.join(reference, "metrics.json"))
 
@@ -234,7 +236,7 @@ def test_backup_survives_half_written_files(tmp_path):
     """What a kill while writing a checkpoint or a backup leaves: a restore puts things right."""
     import keras
 
-    from amych_tf import resume
+    from amych_tf.training import resume
 
     inputs = np.linspace(-1.0, 1.0, 32, dtype=np.float32)[:, None]
     best_path = str(tmp_path / "best.weights.h5")

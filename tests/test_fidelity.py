@@ -7,7 +7,7 @@ import scipy.ndimage
 import scipy.stats
 import tensorflow as tf
 
-from amych_tf import data, evaluate, metrics
+from amych_tf import data, evaluation, metrics
 from helpers import FEATURES, make_prepared_dir, write_model_dir
 
 
@@ -139,7 +139,7 @@ def test_evaluate_reports_fidelity_independent_of_the_batch_size(tmp_path):
     clip = next(iter(data.evaluation_dataset(data_dir, "test", batch_size=1)))[0]
     longer = {"log_mel": tf.tile(clip["log_mel"], [1, 4, 1]), "mask": tf.pad(clip["mask"], [[0, 0], [0, 48]])}
     assert not np.allclose(model(clip)["rec_errors"], model(longer)["rec_errors"], rtol=1e-4)
-    summaries = [evaluate.evaluate_model(model, data_dir, "test", batch_size, info=info) for batch_size in (1, 3, 64)]
+    summaries = [evaluation.evaluate_model(model, data_dir, "test", batch_size, info=info) for batch_size in (1, 3, 64)]
     for summary in summaries[1:]:
         assert summary["confusion_matrix"] == summaries[0]["confusion_matrix"]
         assert summary["rec_error"] == pytest.approx(summaries[0]["rec_error"], rel=1e-5)
@@ -177,4 +177,4 @@ def test_evaluate_reports_fidelity_independent_of_the_batch_size(tmp_path):
         if chosen.sum() >= 3 and np.ptp(np.array(notes)[chosen]) > 0:
             fit = scipy.stats.linregress(np.array(notes)[chosen], np.array(shifts)[chosen])
             assert fidelity["pitch_tracking"]["per_prototype"][name]["r"] == pytest.approx(fit.rvalue, abs=1e-3)
-    assert "fine structure" in evaluate.summary_line(summaries[0])
+    assert "fine structure" in evaluation.summary_line(summaries[0])

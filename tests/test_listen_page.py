@@ -11,7 +11,7 @@ import soundfile
 
 from helpers import FEATURES, class_coded_log_mel, harmonic_tone, make_prepared_dir, write_model_dir
 
-from amych_tf import evaluate, listen_page
+from amych_tf import listen_page, registry
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -54,7 +54,7 @@ def page(tmp_path_factory):
         model.save_weights(os.path.join(model_dir, "checkpoints", f"stage-{index}-{stage}.weights.h5"))
     with open(os.path.join(model_dir, "metrics.json"), "w") as f:
         json.dump({"curriculum_stage": "gain", "checkpoint": "latest"}, f)
-    model, config = evaluate.load_model(model_dir)
+    model, config = registry.load_model(model_dir)
     out_dir = str(root / "run" / "listen")
     path = listen_page.write_page(model, config, model_dir, data_dir, out_dir, examples=2, audio_dir=audio_dir,
                                   batch_size=4, n_iter=4)
@@ -130,7 +130,7 @@ def test_unsupervised_page_maps_clusters_to_classes(tmp_path):
     make_prepared_dir(data_dir, SMALL_SPLITS, num_mels=FEATURES.n_mels, sample_rate=FEATURES.sample_rate,
                       n_fft=FEATURES.n_fft, hop_length=FEATURES.hop_length, spectrogram=class_coded_log_mel)
     write_model_dir(str(tmp_path / "run"), mode="unsupervised", data_dir=data_dir)
-    model, config = evaluate.load_model(str(tmp_path / "run"))
+    model, config = registry.load_model(str(tmp_path / "run"))
     path = listen_page.write_page(model, config, str(tmp_path / "run"), data_dir, str(tmp_path / "listen"),
                                   examples=1, batch_size=4, n_iter=2)
     with open(path, encoding="utf-8") as f:

@@ -5,7 +5,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from amych_tf import callbacks, initialization, model as model_lib
+from amych_tf import initialization, model as model_lib
+from amych_tf.training import callbacks
+from amych_tf.training.curriculum import BETA_LEARNING_RATE_SCALE, WAIT, WARMUP, WARMUP_START
+from amych_tf.training.curriculum import stages as curriculum_stages
 from amych_tf.model import PlayablePrototypes
 from amych_tf.optimizers import GroupedAdamW
 from amych_tf.spectral import FeatureConfig
@@ -142,9 +145,9 @@ def test_curriculum_moves_through_its_stages_on_a_scripted_loss_history(tmp_path
         + ["filters"] * 2 + ["ce"] + ["ce"] * 2 + ["lr_decay"] + ["lr_decay"] * 5
     assert model.stop_training  # the LR-decay stage waited 2 x patience = 4 epochs
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        f"stage-{i}-{s}.weights.h5" for i, s in enumerate(callbacks.curriculum_stages("supervised"))]
+        f"stage-{i}-{s}.weights.h5" for i, s in enumerate(curriculum_stages("supervised"))]
     assert model.active_transformations == ("gain", "pitch", "low", "high")
-    assert model.optimizer.get_group_scale("beta") == callbacks.BETA_LEARNING_RATE_SCALE
+    assert model.optimizer.get_group_scale("beta") == BETA_LEARNING_RATE_SCALE
     assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(1e-3)
 
 
@@ -158,7 +161,7 @@ def test_curriculum_patience_waits_for_the_end_of_the_warm_up():
     # loss 0.9 and two epochs without improvement; pitch starts its warm-up.
     assert stages == ["raw"] * 2 + ["gain"] + ["gain"] * 3 + ["gain"] * 2 + ["pitch"] + ["pitch"]
     state = model.curriculum_state.numpy()
-    assert state[callbacks.WARMUP] == 1 and state[callbacks.WAIT] == 0
+    assert state[WARMUP] == 1 and state[WAIT] == 0
 
 
 def test_curriculum_stop_stage_and_activation_effects():
@@ -190,7 +193,7 @@ def test_curriculum_stop_stage_and_activation_effects():
         for batch in range(6):
             curriculum.on_train_batch_begin(batch)
             scales.append(model.optimizer.get_group_scale(decoder))
-        assert scales[0] == pytest.approx(callbacks.WARMUP_START + (1 - callbacks.WARMUP_START) / 4)
+        assert scales[0] == pytest.approx(WARMUP_START + (1 - WARMUP_START) / 4)
         assert scales[3:] == [1.0, 1.0, 1.0]
         assert model.optimizer.get_group_scale("encoder") == 1.0
     assert model.optimizer.get_group_scale("filters_decoder") == 0.0

@@ -16,7 +16,10 @@ from absl.testing import flagsaver
 
 from helpers import class_coded_log_mel, make_prepared_dir
 
-from amych_tf import callbacks, data, resume, train
+from amych_tf import data
+from amych_tf.cli import train
+from amych_tf.training import callbacks, curriculum, resume, trainer
+from amych_tf.training.config import ConfigError, TrainConfig, read_train_config
 
 FLAGS = flags.FLAGS
 train.define_flags()
@@ -45,16 +48,16 @@ def run_training(**values):
     FLAGS.unparse_flags()
     FLAGS(["train"])
     with flagsaver.flagsaver(**values):
-        info, num_prototypes = train.check_flags()
-        return train.run(info, num_prototypes)
+        config = train.config_from_flags()
+        return trainer.train(config, trainer.check(config))
 
 
 def check_flags_error(**values):
     FLAGS.unparse_flags()
     FLAGS(["train"])
     with flagsaver.flagsaver(**values):
-        with pytest.raises(train.FlagError) as error:
-            train.check_flags()
+        with pytest.raises(ConfigError) as error:
+            trainer.check(train.config_from_flags())
     return str(error.value)
 
 
@@ -110,13 +113,34 @@ def test_inconsistent_options_are_refused_before_any_work(tiny_data, tmp_path, m
 
     # Crops longer than every clip are not an error: clips are tiled, and the log says so.
     warnings = []
-    monkeypatch.setattr(train.logging, "warning", lambda message, *args: warnings.append(message % args))
+    monkeypatch.setattr(trainer.logging, "warning", lambda message, *args: warnings.append(message % args))
     FLAGS.unparse_flags()
     FLAGS(["train"])
     with flagsaver.flagsaver(**train_flags(tiny_data, str(tmp_path / "long"), train_frames=64)):
-        train.check_flags()
+        trainer.check(train.config_from_flags())
     assert warnings == ["--train_frames=64 is longer than every training clip (the longest has 46 frames): "
                         "every crop repeats (tiles) its clip to 64 frames"]
+
+
+def test_train_config_is_saved_whole_and_read_back():
+    config = TrainConfig(data_dir="/data/d", model_dir="m", model="direct", batch_size=64, devices=["/cpu:0"])
+    saved = json.loads(json.dumps({"model_name": "direct", "dataset": {"data_dir": "/data/d"},
+                                   "train": config.to_dict()}))
+    assert read_train_config(saved) == config
+    # config.json of a run trained before the whole config was saved: defaults, data and model from elsewhere.
+    earlier = {"model_name": "apnet", "dataset": {"data_dir": "/data/d"},
+               "train": {"mode": "supervised", "train_frames": 64, "batch_size": 8}}
+    restored = read_train_config(earlier)
+    assert (restored.model, restored.data_dir, restored.train_frames, restored.batch_size, restored.learning_rate) \
+        == ("apnet", "/data/d", 64, 8, 1e-4)
+    with pytest.raises(ConfigError, match="unknown training options"):
+        TrainConfig.from_dict({"batchsize": 3})
+    with pytest.raises(ConfigError, match="--blur_bins must be >= 0.0"):
+        TrainConfig(data_dir="d", model_dir="m", blur_bins=-1.0).check()
+    with pytest.raises(ConfigError, match="--curriculum_stop=ce is not a stage of unsupervised training"):
+        TrainConfig(data_dir="d", model_dir="m", mode="unsupervised", curriculum_stop="ce").check()
+    with pytest.raises(ConfigError, match="--export_dir exports PlayablePrototypes only"):
+        TrainConfig(data_dir="d", model_dir="m", model="apnet", export_dir="e").check()
 
 
 def test_command_line_error_is_one_line_and_exit_status_2(tmp_path):
@@ -213,7 +237,7 @@ def test_killed_run_resumes_in_the_same_stage_with_the_same_step_count(tiny_data
     with pytest.raises(Interrupt):
         run_training(**values)
     monkeypatch.setattr(resume.TrainingBackup, "on_epoch_end", original_epoch_end)
-    assert seen["state"][callbacks.STAGE] == 3  # raw -> gain -> pitch -> filters
+    assert seen["state"][curriculum.STAGE] == 3  # raw -> gain -> pitch -> filters
 
     resumed = {}
     original_epoch_begin = callbacks.Curriculum.on_epoch_begin
@@ -375,6 +399,5 @@ def test_non_finite_data_stops_training_naming_the_examples_before_anything_is_s
     assert not glob.glob(os.path.join(model_dir, "backup", "*"))
     assert not os.path.exists(os.path.join(model_dir, "metrics.json"))
     # Finite data: the message blames the optimisation instead.
-    with flagsaver.flagsaver(data_dir=tiny_data):
-        report = train._non_finite_data_report(data.load_dataset_info(tiny_data))
+    report = trainer.non_finite_data_report(tiny_data, data.load_dataset_info(tiny_data))
     assert report == "Every stored log-Mel is finite: the optimisation diverged (lower --learning_rate)."

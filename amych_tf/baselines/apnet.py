@@ -38,12 +38,12 @@ their dcase_models library, `KerasModelContainer.train` and `Scaler('minmax')`):
   the same ratios.
 * Input: the authors scale their log-Mels with `Scaler('minmax')`: the global
   minimum and maximum of the training set mapped to -1 and 1 (`input_min`,
-  `input_max`, set by `amych_tf.train` from the train split).
+  `input_max`, set by `APNet.prepare_construction` from the train split).
 * Optimisation: plain Adam (`KerasModelContainer.train`: `Adam(lr=...)`, no
   gradient clipping; the 0.5 norm clipping was the ISMIR authors' addition),
   learning rate 1e-3, model selection on validation accuracy (their
   `AccuracyCallback` keeps the best weights and stops after `early_stopping`
-  epochs without improvement): `amych_tf.train` does the same for every baseline.
+  epochs without improvement): `amych_tf.training` does the same for every baseline.
 * Prototype classes (`Prototypes.__init__` in apnet/prototypes.py): each
   prototype's latent goes through the classifier (its similarities to all
   prototypes, the weighted sum, the dense layer); the arg-max is its class.
@@ -51,7 +51,7 @@ their dcase_models library, `KerasModelContainer.train` and `Scaler('minmax')`):
   window with the largest weighted similarity s_ij to it.
 * Prototype refinement (`APNet.refine_prototypes`, the paper's section 5.2.1):
   `refined_copy` removes redundant prototypes and rescales the dense weights;
-  `amych_tf.train --refine_epochs=N` then trains N more epochs.
+  `python -m amych_tf.train --refine_epochs=N` then trains N more epochs.
   The channel refinement (section 5.2.2) is not implemented.
 
 Windows. APNet sees exactly `num_frames` frames (the training crop length).
@@ -328,7 +328,26 @@ class APNet(PrebuiltModel):
     num_classes); APNet's latent prototypes number `num_prototypes_latent`.
     """
 
+    registry_name = "apnet"
     mode = "supervised"
+    clusters = True
+    decodes_prototypes = True
+    refinable = True
+
+    @classmethod
+    def prepare_construction(cls, config, info) -> dict:
+        """The training crop length and the train split's (min, max) log-Mel over real frames
+        (the authors' min-max scaling)."""
+        import numpy as np
+
+        from amych_tf import data
+
+        low, high = np.inf, -np.inf
+        for features, _ in data.evaluation_dataset(config.data_dir, "train", batch_size=config.eval_batch_size,
+                                                   info=info):
+            real = features["log_mel"].numpy()[features["mask"].numpy() > 0]
+            low, high = min(low, float(real.min())), max(high, float(real.max()))
+        return {"num_frames": config.train_frames, "input_min": low, "input_max": high}
 
     def __init__(
         self,

@@ -69,7 +69,11 @@ class ConvAutoencoder(BaselineModel):
     T and F multiples of 2^n_pools (16).
     """
 
+    registry_name = "autoencoder"
     mode = "unsupervised"
+    clusters = True
+    # It never reads labels: --mode (supervised by default) leaves it unchanged.
+    modes = ("supervised", "unsupervised")
 
     def __init__(
         self,

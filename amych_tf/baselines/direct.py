@@ -106,6 +106,7 @@ class DirectClassifier(BaselineModel):
     T a multiple of 2^len(widths) (16), F too.
     """
 
+    registry_name = "direct"
     mode = "supervised"
 
     def __init__(

@@ -5,10 +5,10 @@ clustering baselines after K-means.
 The APNet paper (section 4.4) and its authors' training loop (dcase_models'
 `KerasModelContainer.train` with its `AccuracyCallback`) keep the weights of best
 validation accuracy and stop after a number of epochs without improvement;
-`amych_tf.train` does this for every baseline. A model that only clusters has no
+`amych_tf.training` does this for every baseline. A model that only clusters has no
 accuracy of its own: `ClusteringSelection` fits K-means on the train split's
 embeddings after every epoch, maps each cluster to the majority class of its
-training clips (as `amych_tf.evaluate` does) and scores the validation split.
+training clips (as `amych_tf.evaluation` does) and scores the validation split.
 
 `CPUBudget` makes a comparison fair in compute: training goes on until the
 process has used a given CPU time (user + system of every thread, as the tables
@@ -27,7 +27,7 @@ CLUSTER_ACCURACY = "val_cluster_accuracy"
 
 def embeddings_and_labels(model, dataset) -> tuple[np.ndarray, np.ndarray]:
     """`model.embed` of every clip of an evaluation dataset and the labels: ([N, D], [N])."""
-    from amych_tf.evaluate import traced
+    from amych_tf.evaluation import traced
 
     embed = traced(model, "embed", lambda m, features: m.embed(features))  # traced once per model, not per epoch
     embeddings, labels = [], []
@@ -66,7 +66,7 @@ class ClusteringSelection(keras.callbacks.Callback):
     def __init__(self, train_split, validation_split, path: str, seed: int = 0):
         super().__init__()
         self.train_split, self.validation_split = train_split, validation_split
-        # `filepath`, as Keras' ModelCheckpoint: the training backup (amych_tf.resume) keeps a copy.
+        # `filepath`, as Keras' ModelCheckpoint: the training backup (amych_tf.training.resume) keeps a copy.
         self.filepath, self.seed = path, seed
         self.best = -np.inf
         self.best_epoch = None
@@ -102,7 +102,7 @@ class BestValidation(keras.callbacks.Callback):
     barely trained model; the validation loss still tells the tied epochs apart.
     An epoch replaces the kept one when its `monitor` is larger, or equal with a
     smaller `tie_breaker`. Saves the weights to `filepath` (the training backup,
-    amych_tf.resume, keeps a copy) and records `best`, `best_tie_breaker`,
+    amych_tf.training.resume, keeps a copy) and records `best`, `best_tie_breaker`,
     `best_epoch` (1-based) and `epochs_run`.
     """
 

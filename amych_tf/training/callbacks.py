@@ -1,6 +1,7 @@
 """Training-time behaviour as Keras callbacks: curriculum, reassignment, non-finite guard.
 
-Curriculum (section 3.4; docs/DESIGN.md, section 2.4): raw prototypes -> gain -> pitch -> filters
+Curriculum (section 3.4; docs/DESIGN.md, section 2.4; the stage table is
+training/curriculum.py): raw prototypes -> gain -> pitch -> filters
 -> (supervised: beta starts learning, i.e. the cross-entropy takes effect) ->
 learning rate / 10. A stage ends when the epoch's training loss has not
 improved for `patience` epochs (the learning-rate stage waits twice as long);
@@ -12,7 +13,7 @@ stage has not come have learning-rate scale 0 (they neither learn nor decay).
 
 The curriculum's state lives in a non-trainable weight of the model
 (`curriculum_state`), so every checkpoint, including the training backup's
-(`amych_tf.resume.TrainingBackup`), carries it, and a resumed run continues in
+(`amych_tf.training.resume.TrainingBackup`), carries it, and a resumed run continues in
 the same stage.
 """
 
@@ -24,19 +25,10 @@ import os
 import keras
 import numpy as np
 
-TRANSFORMATION_STAGES = {"gain": ("gain",), "pitch": ("pitch",), "filters": ("low", "high")}
-DECODER_OF_STAGE = {"gain": "gain_decoder", "pitch": "pitch_decoder", "filters": "filters_decoder"}
-WARMUP_START = 1e-3
-BETA_LEARNING_RATE_SCALE = 5.0
-# Layout of the model's `curriculum_state` weight.
-STAGE, WAIT, BEST, WARMUP = range(4)
-
-
-def curriculum_stages(mode: str) -> tuple[str, ...]:
-    """The paper's stage order for a training mode."""
-    if mode == "supervised":
-        return ("raw", "gain", "pitch", "filters", "ce", "lr_decay")
-    return ("raw", "gain", "pitch", "filters", "lr_decay")
+from amych_tf.rundir import stage_checkpoint_filename
+from amych_tf.training.curriculum import (
+    BEST, BETA_LEARNING_RATE_SCALE, DECODER_OF_STAGE, LAST_STAGE_PATIENCE_FACTOR, STAGE, TRANSFORMATION_STAGES, WAIT,
+    WARMUP, WARMUP_START, stages)
 
 
 class Curriculum(keras.callbacks.Callback):
@@ -74,7 +66,7 @@ class Curriculum(keras.callbacks.Callback):
         super().__init__()
         self.blur_bins = float(blur_bins)
         self.blur_anneal_steps = int(blur_anneal_steps) if blur_bins > 0 else 0
-        self.stages = curriculum_stages(mode)
+        self.stages = stages(mode)
         for name, stage in (("stop_stage", stop_stage), ("prototypes_from", prototypes_from)):
             if stage is not None and stage not in self.stages:
                 raise ValueError(f"{name} {stage!r} is not a stage of {mode} training: {self.stages}")
@@ -141,7 +133,7 @@ class Curriculum(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         # Not on_train_begin: this callback must come *before* the training backup
-        # (amych_tf.resume.TrainingBackup, so that an epoch's stage decision is in that
+        # (amych_tf.training.resume.TrainingBackup, so that an epoch's stage decision is in that
         # epoch's backup), and the backup restores the weights, curriculum_state
         # included, in its own on_train_begin. By the first epoch's start both have run.
         state = self._state()
@@ -177,7 +169,7 @@ class Curriculum(keras.callbacks.Callback):
             state[BEST], state[WAIT] = loss, 0
         else:
             state[WAIT] += 1
-        patience = self.patience * (2 if self.stages[index] == "lr_decay" else 1)
+        patience = self.patience * (LAST_STAGE_PATIENCE_FACTOR if self.stages[index] == "lr_decay" else 1)
         if logs is not None:
             logs["curriculum_stage"] = index
         if state[WAIT] < patience:
@@ -195,7 +187,7 @@ class Curriculum(keras.callbacks.Callback):
     def _save_stage_checkpoint(self, index: int) -> None:
         if self.checkpoint_dir:
             os.makedirs(self.checkpoint_dir, exist_ok=True)
-            path = os.path.join(self.checkpoint_dir, f"stage-{index}-{self.stages[index]}.weights.h5")
+            path = os.path.join(self.checkpoint_dir, stage_checkpoint_filename(index, self.stages[index]))
             self.model.save_weights(path, overwrite=True)
 
 
@@ -279,7 +271,7 @@ class FidelityMetrics(keras.callbacks.Callback):
       class_averages: [C, F] average training spectrum of each class (crispness is relative to it).
       every_epochs: 0 never.
     Unsupervised models map each prototype to the majority class of the
-    validation clips it wins (evaluate uses the training majority).
+    validation clips it wins (evaluation uses the training majority).
     """
 
     def __init__(self, validation, class_averages, every_epochs=1):
@@ -291,17 +283,17 @@ class FidelityMetrics(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or not self.every_epochs or (epoch + 1) % self.every_epochs:
             return
-        from amych_tf import evaluate, metrics
+        from amych_tf import evaluation, metrics
 
         model = self.model
-        explanations = evaluate.collect_explanations(model, self.validation)
+        explanations = evaluation.collect_explanations(model, self.validation)
         winners = explanations["rec_errors"].argmin(1)
         if model.mode == "supervised":
             classes = np.where(np.arange(model.num_prototypes) < len(self.class_averages),
                                np.arange(model.num_prototypes), -1)
         else:
             classes = metrics.majority_mapping(explanations["labels"], winners, model.num_prototypes)
-        fidelity = evaluate.fidelity_summary(model, explanations, self.class_averages, classes)
+        fidelity = evaluation.fidelity_summary(model, explanations, self.class_averages, classes)
         values = {
             "val_fine_structure_explained": fidelity["fine_structure_explained"],
             "val_crispness_median": fidelity["prototype_crispness"]["median"],
@@ -397,7 +389,7 @@ class TensorBoardMedia(keras.callbacks.Callback):
     def write(self, step):
         import tensorflow as tf
 
-        from amych_tf import listen, plots
+        from amych_tf import audio_io, plots
 
         model = self.model
         names = model.class_names if model.mode == "supervised" and model.class_names else None
@@ -441,7 +433,7 @@ class TensorBoardMedia(keras.callbacks.Callback):
             for name in parameter_names:
                 tf.summary.histogram(f"transformations/{name}", np.concatenate(parameters[name]))
             config = self.info.features
-            audio = listen.to_audio(listen.held_prototypes(prototypes, config, self.audio_seconds), config,
+            audio = audio_io.to_audio(audio_io.held_prototypes(prototypes, config, self.audio_seconds), config,
                                     self.griffin_lim_iters)
             tf.summary.audio("prototype_audio", audio[..., None], config.sample_rate, max_outputs=len(prototypes))
         self.writer.flush()
