@@ -38,6 +38,7 @@ import sys
 import time
 
 from amych_tf.training.curriculum import ROW_NAMES, row_name
+
 RUNS = ("sup", "unsup", "direct", "autoencoder", "apnet")
 RUN_FILENAME = "compare_run.json"
 REC_SCALE = 1000.0

@@ -25,7 +25,7 @@ from amych_tf.rundir import RunDir, checkpoint_file, write_json
 from amych_tf.training.config import ConfigError, TrainConfig
 
 
-def check(config: TrainConfig, info_loader=None):
+def check(config: TrainConfig):
     """Validate `config` on its own and against its dataset and run directory; return the DatasetInfo.
 
     Raises ConfigError (naming the option or file) before any work.
@@ -38,7 +38,7 @@ def check(config: TrainConfig, info_loader=None):
         raise ConfigError("--model_dir is required")
     info_path = os.path.join(config.data_dir, data.INFO_FILENAME)
     try:
-        info = (info_loader or data.load_dataset_info)(config.data_dir)
+        info = data.load_dataset_info(config.data_dir)
     except FileNotFoundError as error:
         raise ConfigError(str(error)) from None
     except (ValueError, TypeError, KeyError, AttributeError) as error:
