@@ -216,3 +216,26 @@ def test_tiny_run_trains_evaluates_and_listens(waveform_data, tmp_path, monkeypa
         assert os.path.isfile(os.path.join(out_dir, name))
     with pytest.raises(ValueError, match="not a class"):
         vae_run.listen(model, waveform_data, out_dir, morph=("nope", "class0"), batch_size=6)
+
+
+def test_compare_adds_the_vae_run_on_data_with_waveforms_and_its_rows(waveform_data, tmp_path):
+    from amych_tf import compare
+
+    plain = str(tmp_path / "plain")
+    make_prepared_dir(plain, [20] * 3, num_mels=32)
+    assert "vae" in compare.default_runs(waveform_data) and "vae" not in compare.default_runs(plain)
+    assert compare.budget_flags("vae", {"sup": {"cpu_seconds": 10.0}, "unsup": {"cpu_seconds": 20.5}}) == [
+        "--cpu_budget=21"]
+    run = {"overall_accuracy": 0.9, "average_accuracy": 0.8, "num_parameters": 5, "mode": "supervised",
+           "clustering": {"overall_accuracy": 0.5, "average_accuracy": 0.4}}
+    out_dir = str(tmp_path / "tables")
+    os.makedirs(out_dir)
+    compare.write_tables(out_dir, {"vae": run}, waveform_data)
+    for name, method, accuracy in (("table2", "vae_kmeans", 0.5), ("table3", "vae", 0.9)):
+        with open(os.path.join(out_dir, f"{name}.json")) as f:
+            rows = json.load(f)["rows"]
+        assert [(row["method"], row["overall_accuracy"]) for row in rows] == [(method, accuracy)]
+    # An unsupervised VAE only clusters: no classification row.
+    os.remove(os.path.join(out_dir, "table3.json"))
+    compare.write_tables(out_dir, {"vae": {**run, "mode": "unsupervised"}}, waveform_data)
+    assert not os.path.exists(os.path.join(out_dir, "table3.json"))
