@@ -38,8 +38,9 @@ Decisions (the thesis leaves these open):
     then a second Adam, with its own moments, steps the encoder, the latent layers and the
     classifier on the cross-entropy. Both gradients are taken at the batch's one forward
     pass (the thesis' second step sees the weights after the first). With one optimiser on
-    the sum, the summed squared error (~100 per clip) swamped the cross-entropy (~2) and
-    the classifier stayed at chance on the demo (validation accuracy 10% after 378 steps).
+    the sum, the summed squared error (~70-450 per clip) dominates the shared Adam moments
+    over the cross-entropy (~2); on the demo, training accuracy after 3 epochs was 17% with
+    one optimiser and 23% with two (benchmarks/RESULTS.md, section (d)).
   * Outside training (and in test_step) z = mean: evaluation and listening are
     deterministic; the classifier also reads the mean then.
   * Batch normalisation after every layer as the thesis, momentum 0.9 as the other baselines.
