@@ -1,7 +1,7 @@
 """The paper's three tables on one prepared dataset: our model against its baselines.
 
 `compare(...)` (and `python -m amych_tf.compare`, amych_tf.cli.compare, from flags)
-trains (or, when `<out_dir>/<run>/metrics.json` exists, collects) five runs with
+trains (or, when `<out_dir>/<run>/metrics.json` exists, collects) six runs with
 `python -m amych_tf.train`, each from `<configs_dir>/<configs>_<run>.cfg` with --data_dir,
 --model_dir=<out_dir>/<run> and `--train_flags` appended (later flags win):
 
@@ -10,6 +10,9 @@ trains (or, when `<out_dir>/<run>/metrics.json` exists, collects) five runs with
   direct        temporal CNN classifier             (Table 3)
   autoencoder   autoencoder + K-means               (Table 2)
   apnet         APNet, and APNet + K-means          (Tables 3 and 2)
+  vae           the sounds thesis' waveform VAE: its bottleneck classifier, and
+                K-means on its latent means (Tables 3 and 2; the data must be
+                prepared with --waveform; amych_tf.baselines.vae)
 
 and writes to out_dir `table1.md/json` (our model's curriculum ablation in both
 settings, on the validation split as in the paper), `table2.md/json`
@@ -19,7 +22,7 @@ CPU time of its whole process (user + system, so 2 busy cores count twice).
 
 Budgets (`--match_cpu_budget`, on by default): a baseline trains at least as long in
 CPU time as our model in the same table. `direct` gets `--cpu_budget=` the CPU
-time of `sup`, `autoencoder` that of `unsup`, `apnet` (in both tables) the larger
+time of `sup`, `autoencoder` that of `unsup`, `apnet` and `vae` (in both tables) the larger
 of the two; runs are trained in the order above, so ours come first. Every
 baseline keeps the weights of best validation accuracy (the clustering ones: of
 best validation OA after K-means and the majority mapping; amych_tf.training).
@@ -39,7 +42,7 @@ import time
 
 from amych_tf.training.curriculum import ROW_NAMES, row_name
 
-RUNS = ("sup", "unsup", "direct", "autoencoder", "apnet")
+RUNS = ("sup", "unsup", "direct", "autoencoder", "apnet", "vae")
 RUN_FILENAME = "compare_run.json"
 REC_SCALE = 1000.0
 
@@ -66,6 +69,7 @@ METHODS = {
     "autoencoder": "Autoencoder + K-means", "apnet_kmeans": "APNet + K-means (needs labels)",
     "unsup": "Ours without supervision", "direct": "Direct classification", "apnet": "APNet",
     "sup": "Ours with supervision",
+    "vae": "Waveform VAE, bottleneck classifier", "vae_kmeans": "Waveform VAE + K-means (trained with labels)",
 }
 
 
@@ -74,7 +78,7 @@ class CompareError(ValueError):
 
 
 # Which of our runs set each baseline's CPU budget: the runs it is compared with.
-BUDGET_SOURCES = {"direct": ("sup",), "autoencoder": ("unsup",), "apnet": ("sup", "unsup")}
+BUDGET_SOURCES = {"direct": ("sup",), "autoencoder": ("unsup",), "apnet": ("sup", "unsup"), "vae": ("sup", "unsup")}
 
 
 def budget_flags(run: str, metrics: dict) -> list[str]:
@@ -82,6 +86,16 @@ def budget_flags(run: str, metrics: dict) -> list[str]:
     seconds = [metrics[source]["cpu_seconds"] for source in BUDGET_SOURCES.get(run, ())
                if metrics.get(source, {}).get("cpu_seconds")]
     return [f"--cpu_budget={math.ceil(max(seconds))}"] if seconds else []
+
+
+def default_runs(data_dir: str) -> list[str]:
+    """Every run; `vae` only on data prepared with --waveform (it reads nothing else)."""
+    info_path = os.path.join(data_dir, "dataset_info.json")
+    has_waveforms = False
+    if os.path.isfile(info_path):
+        with open(info_path, encoding="utf-8") as f:
+            has_waveforms = bool(json.load(f).get("waveform"))
+    return [run for run in RUNS if run != "vae" or has_waveforms]
 
 
 def config_path(configs_dir: str, prefix: str, run: str) -> str:
@@ -207,10 +221,12 @@ def write_tables(out_dir: str, metrics: dict, data_dir: str, paper_name: str | N
     clustering = [(key, result, metrics[run]) for key, run, result in [
         ("autoencoder", "autoencoder", metrics.get("autoencoder")),
         ("apnet_kmeans", "apnet", (metrics.get("apnet") or {}).get("clustering")),
+        ("vae_kmeans", "vae", (metrics.get("vae") or {}).get("clustering")),
         ("unsup", "unsup", metrics.get("unsup"))] if result]
     if clustering:
         tables["table2"] = method_table(clustering, "table2", paper)
-    classification = [(key, metrics[key], metrics[key]) for key in ("direct", "apnet", "sup") if key in metrics]
+    classification = [(key, metrics[key], metrics[key]) for key in ("direct", "apnet", "vae", "sup") if key in metrics
+                      and (key != "vae" or metrics[key].get("mode") == "supervised")]  # an unsupervised VAE only clusters
     if classification:
         tables["table3"] = method_table(classification, "table3", paper)
     titles = {"table1": "Table 1: ablation by curriculum stage (validation split; L_rec x 1000)",
@@ -223,10 +239,12 @@ def write_tables(out_dir: str, metrics: dict, data_dir: str, paper_name: str | N
     return {name: f"{titles[name]}\n\n{text}" for name, (text, _) in tables.items()}
 
 
-def compare(data_dir: str, out_dir: str, configs: str, configs_dir: str, runs=RUNS, train_flags=(),
+def compare(data_dir: str, out_dir: str, configs: str, configs_dir: str, runs=None, train_flags=(),
             match_cpu_budget: bool = True, paper_name: str | None = None) -> dict:
-    """Train what is missing of `runs` (ours first: they set the budgets), then write the tables;
-    returns {table name: its text}. CompareError (before any training) for an unknown run or a missing config."""
+    """Train what is missing of `runs` (default: `default_runs`; ours first: they set the budgets), then
+    write the tables; returns {table name: its text}. CompareError (before any training) for an unknown
+    run or a missing config."""
+    runs = runs or default_runs(data_dir)
     unknown = set(runs) - set(RUNS)
     if unknown:
         raise CompareError(f"unknown runs {sorted(unknown)}; choose from {list(RUNS)}")

@@ -27,6 +27,12 @@ Capabilities, class attributes that the callers read instead of probing for meth
                       heard through a decoder (APNet)
   refinable           `refined_copy()`: prototype refinement after training (APNet)
   exportable          a SavedModel for TF Serving (amych_tf.serving; PlayablePrototypes)
+  reads_waveforms     waveforms in, not log-Mels: its data pipeline, training, metrics and listening
+                      are its own, in the module `registry.pipeline(name)` names (the waveform VAE),
+                      which offers `check_data(info, data_dir)` (ValueError for data it cannot read),
+                      `train(config, info, flags_text) -> summary`, `evaluate(model, data_dir, split,
+                      batch_size, info) -> summary`, `summary_line(summary)` and `listen(model, data_dir,
+                      out_dir, inputs, morph, batch_size)`
   modes               the --mode values it trains with
 """
 
@@ -47,6 +53,7 @@ class ModelContract:
     decodes_prototypes: ClassVar[bool] = False
     refinable: ClassVar[bool] = False
     exportable: ClassVar[bool] = False
+    reads_waveforms: ClassVar[bool] = False
     modes: ClassVar[tuple[str, ...]] = ("supervised",)
 
     @classmethod

@@ -192,6 +192,10 @@ def evaluate_model(model, data_dir: str, split: str = "test", batch_size: int = 
     from amych_tf import data, metrics
 
     info = info or data.load_dataset_info(data_dir, expected_features=model.feature_config)
+    if model.reads_waveforms:  # waveforms in, its own metrics (amych_tf.contract)
+        from amych_tf import registry
+
+        return registry.pipeline(model.registry_name).evaluate(model, data_dir, split, batch_size, info=info)
     clustering = model.mode == "unsupervised" if clustering is None else clustering
     if clustering and not (model.playable or model.clusters):
         raise EvaluationError(f"{type(model).__name__} has no clusters to evaluate")
@@ -253,7 +257,13 @@ def fidelity_line(fidelity: dict) -> str:
             f"pitch r {number(pitch['r_median'])} slope {number(pitch['slope_median'])}")
 
 
-def summary_line(summary: dict) -> str:
+def summary_line(summary: dict, model=None) -> str:
+    """The metrics on one line (and fidelity on a second); `model` picks the line of a model with its own
+    pipeline."""
+    if model is not None and model.reads_waveforms:
+        from amych_tf import registry
+
+        return registry.pipeline(model.registry_name).summary_line(summary)
     rec = "" if summary["rec_error"] is None else f"L_rec {summary['rec_error']:.4f}  "
     line = (f"{summary['split']} OA {100 * summary['overall_accuracy']:.1f}%  "
             f"AA {100 * summary['average_accuracy']:.1f}%  {rec}({summary['num_examples']} clips)")
@@ -270,8 +280,8 @@ def default_data_dir(config_json: dict) -> str:
 
 
 def evaluate_run(model_dir: str, split: str = "test", *, data_dir: str | None = None, checkpoint: str | None = None,
-                 clustering: bool = False, batch_size: int = 32) -> tuple[dict, object]:
-    """Evaluate a training run's model (amych_tf.rundir) on a split; returns (summary, DatasetInfo).
+                 clustering: bool = False, batch_size: int = 32) -> tuple[dict, object, object]:
+    """Evaluate a training run's model (amych_tf.rundir) on a split; returns (summary, DatasetInfo, model).
 
     `checkpoint`: best (default, else latest), latest, stage-<i>-<name> or a file;
     with `clustering` and no checkpoint, APNet's own best_clustering checkpoint when
@@ -292,4 +302,4 @@ def evaluate_run(model_dir: str, split: str = "test", *, data_dir: str | None = 
     if info.split_counts.get(split, 0) == 0:
         raise EvaluationError(f"dataset {data_dir!r} has no {split} clips")
     summary = evaluate_model(model, data_dir, split, batch_size, info=info, clustering=clustering or None)
-    return summary, info
+    return summary, info, model

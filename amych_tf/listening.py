@@ -33,7 +33,10 @@ masks of its nearest training window, from the train split of --data_dir):
                                   dense-layer weights favour
   prototype_gallery.png           the decoded spectrograms
 (--inputs are for our model only: APNet does not reconstruct an input from a
-prototype.) The other baselines have no prototypes: an error says so.
+prototype.) The waveform VAE (`--model=vae`) writes each class's latent centre
+decoded, a morph between two class centres (--morph) and the --inputs decoded from
+their latent means (amych_tf.baselines.vae_run.listen). The other baselines have no
+prototypes: an error says so.
 Inputs are read like data_tools.prepare reads them (mono, resampled, tiled to
 at least 16 frames) and padded by tiling to a multiple of 16 frames.
 Unsupervised prototypes are compared with the class they are mapped to (the
@@ -265,11 +268,23 @@ def listen_to_log_mel(model, log_mel, frames: int, directory: str, title: str, t
 
 
 def listen_to_run(model, model_dir: str, out_dir: str, data_dir: str, inputs=(), seconds: float = 1.0,
-                  n_iter: int = 64, batch_size: int = 32) -> list[str]:
-    """Everything the module docstring lists for a run's model (a playable one, or APNet's decoded
-    prototypes); returns the lines to report. Raises EvaluationError for what the model cannot do."""
+                  n_iter: int = 64, batch_size: int = 32, morph: tuple[str, str] | None = None) -> list[str]:
+    """Everything the module docstring lists for a run's model (a playable one, APNet's decoded
+    prototypes, or the VAE's sounds, with `morph` its two classes); returns the lines to report.
+    Raises EvaluationError for what the model cannot do."""
     from amych_tf.evaluation import EvaluationError
 
+    if model.reads_waveforms:  # its sounds come out of its decoder (its pipeline, amych_tf.contract)
+        from amych_tf import registry
+
+        try:
+            written = registry.pipeline(model.registry_name).listen(model, data_dir, out_dir, inputs, morph,
+                                                                    batch_size)
+        except (FileNotFoundError, ValueError) as error:
+            raise EvaluationError(str(error)) from None
+        return [f"class centres, morph and {len(written['inputs'])} input(s) -> {out_dir}"]
+    if morph:
+        raise EvaluationError("--morph: only VAE runs morph between class centres")
     has_dataset = os.path.isfile(os.path.join(data_dir, "dataset_info.json"))
     if model.decodes_prototypes:
         if inputs:

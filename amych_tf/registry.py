@@ -2,7 +2,8 @@
 
 To add a model: write a registered-serializable keras.Model deriving
 `model.PrebuiltModel` (hence `contract.ModelContract`), set its `registry_name`
-and capabilities, and add a line to `MODELS`. Classes are imported when asked
+and capabilities, and add a line to `MODELS` (and to `PIPELINES` when it reads
+waveforms). Classes are imported when asked
 for, so listing the names (flag definitions, --help) imports no TensorFlow.
 """
 
@@ -18,7 +19,11 @@ MODELS = {
     "direct": ("amych_tf.baselines.direct", "DirectClassifier"),
     "autoencoder": ("amych_tf.baselines.autoencoder", "ConvAutoencoder"),
     "apnet": ("amych_tf.baselines.apnet", "APNet"),
+    "vae": ("amych_tf.baselines.vae", "WaveformVAE"),
 }
+# The modules of the models whose data, training, metrics and listening are their own
+# (`reads_waveforms`; contract.py lists what such a module offers).
+PIPELINES = {"vae": "amych_tf.baselines.vae_run"}
 DEFAULT_MODEL = "prototypes"
 
 
@@ -32,6 +37,11 @@ def model_class(name: str):
         raise ValueError(f"unknown model {name!r}; choose one of {names()}")
     module, attribute = MODELS[name]
     return getattr(importlib.import_module(module), attribute)
+
+
+def pipeline(name: str):
+    """The pipeline module of a `reads_waveforms` model."""
+    return importlib.import_module(PIPELINES[name])
 
 
 def load_model(model_dir: str, checkpoint: str | None = None):

@@ -435,8 +435,13 @@ class _Converted:
         return sum(self.skipped_per_class.values(), collections.Counter())
 
 
-def _convert(plan, class_names, audio_dir, features, storage_dtype, writer, pool, num_workers, show_progress):
-    """Decode every planned file (in `pool`), compute its log-Mel here and write it to `writer`."""
+def _convert(plan, class_names, audio_dir, features, storage_dtype, writer, pool, num_workers, show_progress,
+             waveform=None):
+    """Decode every planned file (in `pool`), compute its log-Mel here and write it to `writer`.
+
+    `waveform` ({"sample_rate", "num_samples"} or None): also store each clip's
+    `audio.fixed_length_waveform`, from its samples before tiling.
+    """
     # One trace for every clip length. A closure, not functools.partial: a partial's
     # keyword (the config) becomes part of the call signature and is re-hashed per call.
     @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)], autograph=False)
@@ -461,9 +466,14 @@ def _convert(plan, class_names, audio_dir, features, storage_dtype, writer, pool
             continue
         log_mel = compute_log_mel(outcome.waveform).numpy()
         midi_note = layouts.midi_note_from_filename(clip.path)
+        fixed_waveform = None
+        if waveform is not None:
+            untiled = outcome.waveform[: max(1, round(outcome.source_duration * features.sample_rate))]
+            fixed_waveform = audio.fixed_length_waveform(untiled, features.sample_rate, waveform["sample_rate"],
+                                                         waveform["num_samples"])
         example = data.encode_example(
             log_mel, label=clip.label, class_name=clip.class_name, path=clip.path, storage_dtype=storage_dtype,
-            midi_note=midi_note,
+            midi_note=midi_note, waveform=fixed_waveform,
         )
         writer.write(clip.split, example)
         converted.manifest_rows.append(
@@ -507,6 +517,7 @@ def prepare_dataset(
     shard_size: int = DEFAULT_SHARD_SIZE,
     storage_dtype: str = "float32",
     show_progress: bool = False,
+    waveform: dict[str, int] | None = None,
 ) -> PrepareSummary:
     """Convert the audio under `audio_dir` into a prepared dataset in `out_dir`.
 
@@ -523,6 +534,9 @@ def prepare_dataset(
       shard_size: examples per shard.
       storage_dtype: "float32" or "float16".
       show_progress: draw a progress line on stderr.
+      waveform: {"sample_rate": Hz, "num_samples": n} to also store each clip's waveform,
+        resampled, cut or zero-padded to n samples (the waveform VAE's input), recorded in
+        dataset_info.json; None (default) stores the log-Mel only.
 
     Raises:
       PrepareError: invalid arguments (before any work is done);
@@ -530,6 +544,10 @@ def prepare_dataset(
     """
     start = time.monotonic()
     _check_arguments(audio_dir, out_dir, layout, num_classes, sol_classes, seed, num_workers, shard_size, storage_dtype)
+    if waveform is not None:
+        waveform = {"sample_rate": int(waveform["sample_rate"]), "num_samples": int(waveform["num_samples"])}
+        if waveform["sample_rate"] < 1 or waveform["num_samples"] < 1:
+            raise PrepareError(f"the stored waveform needs a positive sample rate and length, got {waveform}")
     discovery = layouts.discover(layout, audio_dir, sol_classes=sol_classes)
     if discovery.num_files == 0:
         for warning in discovery.warnings:
@@ -554,7 +572,7 @@ def prepare_dataset(
         try:
             converted = _convert(
                 plan, discovery.class_names, audio_dir, features, storage_dtype,
-                writer, pool, num_workers, show_progress,
+                writer, pool, num_workers, show_progress, waveform=waveform,
             )
             _check_usable(converted, len(plan))
             split_counts = {split: sum(counts.values()) for split, counts in converted.class_counts.items()}
@@ -569,6 +587,7 @@ def prepare_dataset(
                 class_counts=converted.class_counts,
                 num_skipped=len(converted.skipped_rows),
                 versions=_versions(),
+                waveform=waveform,
             )
             writer.commit(info, converted.manifest_rows, sorted(converted.skipped_rows))
             committed = True

@@ -17,7 +17,7 @@ from amych_tf.cli.common import FLAGS, fail
 
 def define_flags() -> None:
     """Define the command-line flags (once; importing this module defines none)."""
-    from amych_tf.comparison import PAPER, RUNS
+    from amych_tf.comparison import PAPER
 
     if "configs" in FLAGS:
         return
@@ -26,11 +26,12 @@ def define_flags() -> None:
     flags.DEFINE_string("out_dir", None, "Where the runs and the tables go.")
     flags.DEFINE_string("configs", None, "Config prefix: <configs_dir>/<configs>_<run>.cfg (demo, sol, libri).")
     flags.DEFINE_string("configs_dir", os.path.join(os.getcwd(), "configs"), "Directory of the configs.")
-    flags.DEFINE_list("runs", list(RUNS), "Runs to train or collect.")
+    flags.DEFINE_list("runs", None, "Runs to train or collect (default: every run, vae only when the data holds "
+                      "waveforms, i.e. was prepared with --waveform).")
     flags.DEFINE_list("train_flags", [], "Flags appended to every training run, e.g. --epochs=3.")
     flags.DEFINE_enum("paper", None, list(PAPER), "Add the paper's numbers for this dataset.")
     flags.DEFINE_boolean("match_cpu_budget", True, "Give each baseline --cpu_budget = the CPU time of our run(s) "
-                         "in its table (direct: sup; autoencoder: unsup; apnet: the larger).")
+                         "in its table (direct: sup; autoencoder: unsup; apnet, vae: the larger).")
 
 
 def main(argv):

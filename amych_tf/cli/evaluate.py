@@ -32,14 +32,14 @@ def main(argv):
     try:
         if not FLAGS.model_dir:
             raise evaluation.EvaluationError("--model_dir is required")
-        summary, info = evaluation.evaluate_run(FLAGS.model_dir, FLAGS.split, data_dir=FLAGS.data_dir,
+        summary, info, model = evaluation.evaluate_run(FLAGS.model_dir, FLAGS.split, data_dir=FLAGS.data_dir,
                                                 checkpoint=FLAGS.checkpoint, clustering=FLAGS.clustering,
                                                 batch_size=FLAGS.eval_batch_size)
     except (evaluation.EvaluationError, RunDirError) as error:
         fail(error)
     evaluation.write_report(summary, FLAGS.output or RunDir(FLAGS.model_dir).evaluation(FLAGS.split),
                             info.class_names)
-    print(evaluation.summary_line(summary))
+    print(evaluation.summary_line(summary, model))
 
 
 def console_main():

@@ -29,6 +29,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("griffin_lim_iters", 64, "Griffin-Lim iterations.")
     flags.DEFINE_boolean("html", False, "Write the listening page (index.html and its files) to --out_dir "
                          "(default: <model_dir>/listen).")
+    flags.DEFINE_list("morph", [], "VAE runs: the two classes whose latent centres are morphed (default: the first "
+                      "two).")
     flags.DEFINE_integer("examples", 6, "Test clips on the listening page (the wrong ones first, up to half).")
     flags.DEFINE_string("audio_dir", None, "The dataset's audio directory (its manifest's paths are relative to "
                         "it): the listening page then also plays each example's original recording.")
@@ -48,6 +50,10 @@ def main(argv):
             raise evaluation.EvaluationError("--model_dir and --out_dir are required")
         model, config = registry.load_model(FLAGS.model_dir, FLAGS.checkpoint)
         data_dir = FLAGS.data_dir or evaluation.default_data_dir(config)
+        if FLAGS.html and model.reads_waveforms:
+            raise evaluation.EvaluationError("VAE runs: no --html page")
+        if len(FLAGS.morph) not in (0, 2):
+            raise evaluation.EvaluationError("--morph takes two class names")
         if FLAGS.html:
             from amych_tf import listen_page
 
@@ -59,7 +65,7 @@ def main(argv):
             print(f"listening page -> {page}")
             return
         for line in listening.listen_to_run(model, FLAGS.model_dir, out_dir, data_dir, FLAGS.inputs, FLAGS.seconds,
-                                            FLAGS.griffin_lim_iters, FLAGS.eval_batch_size):
+                                            FLAGS.griffin_lim_iters, FLAGS.eval_batch_size, tuple(FLAGS.morph) or None):
             print(line)
     except (evaluation.EvaluationError, RunDirError, audio.UnusableAudio) as error:
         fail(error)

@@ -39,8 +39,13 @@ class TrainConfig:
     data_dir: str | None = _option(None, "string", "Prepared dataset directory (data_tools.prepare).")
     model_dir: str | None = _option(None, "string", "Output directory; rerunning with the same one resumes.")
     model: str = _option(registry.DEFAULT_MODEL, "enum",
-                         "prototypes: PlayablePrototypes; the others: the paper's baselines (amych_tf.baselines).",
-                         enum_values=registry.names())
+                         "prototypes: PlayablePrototypes; direct, autoencoder, apnet: the paper's baselines; vae: the "
+                         "sounds thesis' waveform VAE (--mode: with or without its bottleneck classifier) "
+                         "(amych_tf.baselines).", enum_values=registry.names())
+    # The choices are amych_tf.baselines.vae.ARCHITECTURES (not imported here: it needs TensorFlow).
+    vae_architecture: str = _option("convolution", "enum", "--model=vae: the thesis' convolution or dilation "
+                                    "encoder/decoder (amych_tf.baselines.vae).",
+                                    enum_values=("convolution", "dilation"))
     mode: str = _option("supervised", "enum", "Training setting of --model=prototypes (sections 3.2/3.3); "
                         "baselines have their own.", enum_values=MODES)
     num_prototypes: int = _option(0, "integer", "K; 0 = the number of classes.")

@@ -53,6 +53,14 @@ def check(config: TrainConfig):
         _check_resumed_run(config, run_dir, info)
     config.check()
     config.check_dataset(info)
+    if config.model_class.reads_waveforms:
+        from amych_tf import registry
+
+        try:
+            registry.pipeline(config.model).check_data(info, config.data_dir)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        return info  # no crops: nothing to warn about
     longest = _longest_train_clip(config.data_dir)
     if longest is not None and config.train_frames > longest:
         # Not an error: crops of clips shorter than train_frames repeat the clip
@@ -310,9 +318,11 @@ def train(config: TrainConfig, info, flags_text: str | None = None) -> dict:
     """
     import tensorflow as tf
 
-    from amych_tf import data, evaluation, initialization
+    from amych_tf import data, evaluation, initialization, registry
     from amych_tf.training import curriculum
 
+    if config.model_class.reads_waveforms:  # waveforms in: its own pipeline (amych_tf.contract)
+        return registry.pipeline(config.model).train(config, info, flags_text)
     strategy = make_strategy(config.devices)
     run_dir = worker_run_dir(config.model_dir, strategy)
     strategy_name = ("MultiWorkerMirroredStrategy" if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
