@@ -10,6 +10,9 @@
      process with `amych_tf.spectral.log_mel`, the front end the model uses;
   4. write the shards, manifest.csv, skipped.csv and dataset_info.json
      (`DatasetWriter`).
+`data_tools.beam_prepare` runs step 3 as an Apache Beam pipeline and shares
+steps 1, 2 and 4 and the per-clip encoding (`plan_clips`, `encode_clip`,
+`commit_dataset`) with this module, so both write the same bytes.
 
 Decisions:
   * Reproducible: files are sorted by relative path before anything random
