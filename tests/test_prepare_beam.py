@@ -139,3 +139,35 @@ def test_unknown_flags_go_to_beam_with_a_runner_and_are_errors_without(tmp_path)
         assert argv == ["prepare", "--project", "p"] and flags.FLAGS.shard_size == 7
         with pytest.raises(app.UsageError, match="unexpected arguments: --project p"):
             prepare.main(argv)
+
+
+def parse_and_run(tmp_path, *extra):
+    """prepare's command line, parsed as `run` parses it, then `main`; returns main's status."""
+    prepare.define_flags()
+    argv = prepare.parse_flags(
+        ["prepare", "--layout=folders", f"--audio_dir={tmp_path}", f"--out_dir={tmp_path / 'o'}", *extra]
+    )
+    return prepare.main(argv)
+
+
+@needs_beam
+def test_runner_flags_reach_beam_with_num_workers(tmp_path, monkeypatch):
+    from data_tools import beam_prepare
+
+    calls = []
+    monkeypatch.setattr(beam_prepare, "prepare_dataset_with_beam", lambda *args, **kwargs: calls.append(kwargs))
+    with flagsaver.flagsaver():
+        flags.FLAGS.unparse_flags()
+        assert parse_and_run(tmp_path, "--runner=DataflowRunner", "--project=p", "--num_workers=3") == 0
+    assert calls[0]["pipeline_args"] == ["--runner=DataflowRunner", "--project=p", "--num_workers=3"]
+    assert calls[0]["layout"] == "folders" and "num_workers" not in calls[0]
+
+
+@pytest.mark.skipif(apache_beam is not None, reason="apache_beam is installed: the missing-Beam error cannot show")
+def test_runner_without_beam_installed_is_a_one_line_error(tmp_path, capsys):
+    with flagsaver.flagsaver():
+        flags.FLAGS.unparse_flags()
+        assert parse_and_run(tmp_path, "--runner=DirectRunner") == 1
+    assert capsys.readouterr().err == (
+        "error: --runner needs Apache Beam (No module named 'apache_beam'): pip install -e '.[beam]'\n"
+    )
