@@ -21,7 +21,7 @@ Steps:
   1. in this process (the driver): check the arguments, discover and split the
      files (`conversion.plan_clips`), as the local path does;
   2. on the workers: decode each file (`data_tools.audio`) and compute its
-     log-Mel with `conversion.encode_clip`, the same `amych_tf.spectral.log_mel`
+     log-Mel with `conversion.ClipEncoder`, the same `amych_tf.spectral.log_mel`
      function as the local path; unusable files become skip reasons;
   3. the (index, split) of the usable files, gathered into one list, give each
      usable example its shard (a side input); each shard's examples are
@@ -90,10 +90,10 @@ class ConvertClip(beam.DoFn):
         self._audio_dir = audio_dir
         self._features = features
         self._storage_dtype = storage_dtype
-        self._compute_log_mel = None
+        self._encode = None  # a tf.function: made on the worker, not pickled
 
     def setup(self):
-        self._compute_log_mel = conversion.log_mel_function(self._features)
+        self._encode = conversion.ClipEncoder(self._features, self._storage_dtype)
 
     def process(self, element):
         index, clip = element
@@ -104,7 +104,7 @@ class ConvertClip(beam.DoFn):
         if isinstance(outcome, audio.UnusableAudio):
             yield ClipResult(index, clip.split, None, None, outcome.kind, str(outcome))
             return
-        example, manifest_row = conversion.encode_clip(clip, outcome, self._compute_log_mel, self._storage_dtype)
+        example, manifest_row = self._encode(clip, outcome)
         yield ClipResult(index, clip.split, example, manifest_row, None, None)
 
 

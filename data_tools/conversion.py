@@ -11,7 +11,7 @@
   4. write the shards, manifest.csv, skipped.csv and dataset_info.json
      (`DatasetWriter`).
 `data_tools.beam_prepare` runs step 3 as an Apache Beam pipeline and shares
-steps 1, 2 and 4 and the per-clip encoding (`plan_clips`, `encode_clip`,
+steps 1, 2 and 4 and the per-clip encoding (`plan_clips`, `ClipEncoder`,
 `commit_dataset`) with this module, so both write the same bytes.
 
 Decisions:
@@ -470,37 +470,42 @@ class Converted:
         return sum(self.skipped_per_class.values(), collections.Counter())
 
 
-def log_mel_function(features: FeatureConfig) -> Callable[[np.ndarray], tf.Tensor]:
-    """`spectral.log_mel` with `features`, traced once for every clip length: the front end that
-    both the local path and the Beam pipeline (data_tools.beam_prepare) store."""
-    # A closure, not functools.partial: a partial's keyword (the config) becomes
-    # part of the call signature and is re-hashed per call.
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)], autograph=False)
-    def compute_log_mel(waveform):
-        return spectral.log_mel(waveform, features)
+class ClipEncoder:
+    """A decoded clip -> its serialized tf.train.Example and manifest.csv row.
 
-    return compute_log_mel
+    The one place where stored log-Mels are computed, with `spectral.log_mel`
+    (the model's front end), for the local path and the Beam pipeline
+    (data_tools.beam_prepare) alike.
+    """
 
+    def __init__(self, features: FeatureConfig, storage_dtype: str):
+        self.storage_dtype = storage_dtype
 
-def encode_clip(
-    clip: PlannedClip, loaded: audio.Clip, compute_log_mel: Callable, storage_dtype: str
-) -> tuple[bytes, tuple]:
-    """The serialized tf.train.Example of a decoded clip and its manifest.csv row."""
-    log_mel = compute_log_mel(loaded.waveform).numpy()
-    midi_note = layouts.midi_note_from_filename(clip.path)
-    example = data.encode_example(
-        log_mel, label=clip.label, class_name=clip.class_name, path=clip.path, storage_dtype=storage_dtype,
-        midi_note=midi_note,
-    )
-    manifest_row = (
-        clip.split, clip.label, clip.class_name, clip.path, f"{loaded.source_duration:.6f}", log_mel.shape[0], midi_note
-    )
-    return example, manifest_row
+        # One trace for every clip length. A closure, not functools.partial: a partial's
+        # keyword (the config) becomes part of the call signature and is re-hashed per call.
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)], autograph=False)
+        def compute_log_mel(waveform):
+            return spectral.log_mel(waveform, features)
+
+        self._compute_log_mel = compute_log_mel
+
+    def __call__(self, clip: PlannedClip, loaded: audio.Clip) -> tuple[bytes, tuple]:
+        log_mel = self._compute_log_mel(loaded.waveform).numpy()
+        midi_note = layouts.midi_note_from_filename(clip.path)
+        example = data.encode_example(
+            log_mel, label=clip.label, class_name=clip.class_name, path=clip.path, storage_dtype=self.storage_dtype,
+            midi_note=midi_note,
+        )
+        manifest_row = (
+            clip.split, clip.label, clip.class_name, clip.path, f"{loaded.source_duration:.6f}", log_mel.shape[0],
+            midi_note,
+        )
+        return example, manifest_row
 
 
 def _convert(plan, class_names, audio_dir, features, storage_dtype, writer, pool, num_workers, show_progress):
     """Decode every planned file (in `pool`), compute its log-Mel here and write it to `writer`."""
-    compute_log_mel = log_mel_function(features)
+    encode = ClipEncoder(features, storage_dtype)
     converted = Converted(class_names)
     min_samples = features.num_samples(data.MIN_FRAMES)
     tasks = ((os.path.join(audio_dir, clip.path), features.sample_rate, min_samples) for clip in plan)
@@ -511,7 +516,7 @@ def _convert(plan, class_names, audio_dir, features, storage_dtype, writer, pool
         if isinstance(outcome, audio.UnusableAudio):
             converted.add_skipped(clip, outcome.kind, str(outcome))
             continue
-        example, manifest_row = encode_clip(clip, outcome, compute_log_mel, storage_dtype)
+        example, manifest_row = encode(clip, outcome)
         writer.write(clip.split, example)
         converted.add_example(clip, manifest_row)
     return converted

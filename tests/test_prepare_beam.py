@@ -86,14 +86,14 @@ def test_failed_beam_runs_leave_the_earlier_dataset_whole_and_no_staging(sol_tre
     before = directory_bytes(str(out))
 
     # A worker that fails: the runner's error, nothing written, the staging directory gone.
-    encode_clip = conversion.encode_clip
+    encode = conversion.ClipEncoder.__call__
 
-    def fail_on_viola(clip, *args):
+    def fail_on_viola(self, clip, loaded):
         if clip.class_name == "Strings/Viola":
             raise RuntimeError("worker failed")
-        return encode_clip(clip, *args)
+        return encode(self, clip, loaded)
 
-    monkeypatch.setattr(conversion, "encode_clip", fail_on_viola)
+    monkeypatch.setattr(conversion.ClipEncoder, "__call__", fail_on_viola)
     with pytest.raises(Exception, match="worker failed"):
         run_beam(sol_tree, out, shard_size=2)
     assert directory_bytes(str(out)) == before
