@@ -3,7 +3,7 @@ r"""The paper's three tables on one prepared dataset: our model against its base
     python -m amych_tf.compare --data_dir=data/sol --out_dir=runs/compare_sol --configs=sol
     python -m amych_tf.compare --data_dir=demo/prepared --out_dir=demo/compare --configs=demo
 
-Trains (or, when `<out_dir>/<run>/metrics.json` exists, collects) five runs with
+Trains (or, when `<out_dir>/<run>/metrics.json` exists, collects) six runs with
 `amych_tf.train`, each from `<configs_dir>/<configs>_<run>.cfg` with --data_dir,
 --model_dir=<out_dir>/<run> and `--train_flags` appended (later flags win):
 
@@ -12,6 +12,9 @@ Trains (or, when `<out_dir>/<run>/metrics.json` exists, collects) five runs with
   direct        temporal CNN classifier             (Table 3)
   autoencoder   autoencoder + K-means               (Table 2)
   apnet         APNet, and APNet + K-means          (Tables 3 and 2)
+  vae           the sounds thesis' waveform VAE: its bottleneck classifier, and
+                K-means on its latent means (Tables 3 and 2; the data must be
+                prepared with --waveform; amych_tf.baselines.vae)
 
 and writes to out_dir `table1.md/json` (our model's curriculum ablation in both
 settings, on the validation split as in the paper), `table2.md/json`
@@ -21,7 +24,7 @@ CPU time of its whole process (user + system, so 2 busy cores count twice).
 
 Budgets (`--match_cpu_budget`, on by default): a baseline trains at least as long in
 CPU time as our model in the same table. `direct` gets `--cpu_budget=` the CPU
-time of `sup`, `autoencoder` that of `unsup`, `apnet` (in both tables) the larger
+time of `sup`, `autoencoder` that of `unsup`, `apnet` and `vae` (in both tables) the larger
 of the two; runs are trained in the order above, so ours come first. Every
 baseline keeps the weights of best validation accuracy (the clustering ones: of
 best validation OA after K-means and the majority mapping; amych_tf.train).
@@ -44,7 +47,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-RUNS = ("sup", "unsup", "direct", "autoencoder", "apnet")
+RUNS = ("sup", "unsup", "direct", "autoencoder", "apnet", "vae")
 RUN_FILENAME = "compare_run.json"
 REC_SCALE = 1000.0
 
@@ -71,6 +74,7 @@ METHODS = {
     "autoencoder": "Autoencoder + K-means", "apnet_kmeans": "APNet + K-means (needs labels)",
     "unsup": "Ours without supervision", "direct": "Direct classification", "apnet": "APNet",
     "sup": "Ours with supervision",
+    "vae": "Waveform VAE, bottleneck classifier", "vae_kmeans": "Waveform VAE + K-means (trained with labels)",
 }
 
 
@@ -86,15 +90,16 @@ def define_flags() -> None:
     flags.DEFINE_string("out_dir", None, "Where the runs and the tables go.")
     flags.DEFINE_string("configs", None, "Config prefix: <configs_dir>/<configs>_<run>.cfg (demo, sol, libri).")
     flags.DEFINE_string("configs_dir", os.path.join(os.getcwd(), "configs"), "Directory of the configs.")
-    flags.DEFINE_list("runs", list(RUNS), "Runs to train or collect.")
+    flags.DEFINE_list("runs", None, "Runs to train or collect (default: every run, vae only when the data holds "
+                      "waveforms, i.e. was prepared with --waveform).")
     flags.DEFINE_list("train_flags", [], "Flags appended to every training run, e.g. --epochs=3.")
     flags.DEFINE_enum("paper", None, ["sol", "librispeech"], "Add the paper's numbers for this dataset.")
     flags.DEFINE_boolean("match_cpu_budget", True, "Give each baseline --cpu_budget = the CPU time of our run(s) "
-                         "in its table (direct: sup; autoencoder: unsup; apnet: the larger).")
+                         "in its table (direct: sup; autoencoder: unsup; apnet, vae: the larger).")
 
 
 # Which of our runs set each baseline's CPU budget: the runs it is compared with.
-BUDGET_SOURCES = {"direct": ("sup",), "autoencoder": ("unsup",), "apnet": ("sup", "unsup")}
+BUDGET_SOURCES = {"direct": ("sup",), "autoencoder": ("unsup",), "apnet": ("sup", "unsup"), "vae": ("sup", "unsup")}
 
 
 def budget_flags(run: str, metrics: dict) -> list[str]:
@@ -102,6 +107,16 @@ def budget_flags(run: str, metrics: dict) -> list[str]:
     seconds = [metrics[source]["cpu_seconds"] for source in BUDGET_SOURCES.get(run, ())
                if metrics.get(source, {}).get("cpu_seconds")]
     return [f"--cpu_budget={math.ceil(max(seconds))}"] if seconds else []
+
+
+def default_runs(data_dir: str) -> list[str]:
+    """Every run; `vae` only on data prepared with --waveform (it reads nothing else)."""
+    info_path = os.path.join(data_dir, "dataset_info.json")
+    has_waveforms = False
+    if os.path.isfile(info_path):
+        with open(info_path, encoding="utf-8") as f:
+            has_waveforms = bool(json.load(f).get("waveform"))
+    return [run for run in RUNS if run != "vae" or has_waveforms]
 
 
 def config_path(configs_dir: str, prefix: str, run: str) -> str:
@@ -229,10 +244,12 @@ def write_tables(out_dir: str, metrics: dict, data_dir: str, paper_name: str | N
     clustering = [(key, result, metrics[run]) for key, run, result in [
         ("autoencoder", "autoencoder", metrics.get("autoencoder")),
         ("apnet_kmeans", "apnet", (metrics.get("apnet") or {}).get("clustering")),
+        ("vae_kmeans", "vae", (metrics.get("vae") or {}).get("clustering")),
         ("unsup", "unsup", metrics.get("unsup"))] if result]
     if clustering:
         tables["table2"] = method_table(clustering, "table2", paper)
-    classification = [(key, metrics[key], metrics[key]) for key in ("direct", "apnet", "sup") if key in metrics]
+    classification = [(key, metrics[key], metrics[key]) for key in ("direct", "apnet", "vae", "sup") if key in metrics
+                      and (key != "vae" or metrics[key].get("mode") == "supervised")]  # an unsupervised VAE only clusters
     if classification:
         tables["table3"] = method_table(classification, "table3", paper)
     titles = {"table1": "Table 1: ablation by curriculum stage (validation split; L_rec x 1000)",
@@ -250,14 +267,15 @@ def main(argv):
     try:
         if not FLAGS.data_dir or not FLAGS.out_dir or not FLAGS.configs:
             raise CompareError("--data_dir, --out_dir and --configs are required")
-        unknown = set(FLAGS.runs) - set(RUNS)
+        runs = FLAGS.runs or default_runs(FLAGS.data_dir)
+        unknown = set(runs) - set(RUNS)
         if unknown:
             raise CompareError(f"unknown runs {sorted(unknown)}; choose from {list(RUNS)}")
-        for run in FLAGS.runs:  # every config exists before the first hour of training
+        for run in runs:  # every config exists before the first hour of training
             config_path(FLAGS.configs_dir, FLAGS.configs, run)
         os.makedirs(FLAGS.out_dir, exist_ok=True)
         metrics = {}
-        for run in [run for run in RUNS if run in FLAGS.runs]:  # ours first: they set the budgets
+        for run in [run for run in RUNS if run in runs]:  # ours first: they set the budgets
             extra = budget_flags(run, metrics) if FLAGS.match_cpu_budget else []
             metrics[run] = train_run(run, FLAGS.data_dir, FLAGS.out_dir, FLAGS.configs_dir, FLAGS.configs,
                                      [*extra, *FLAGS.train_flags])

@@ -17,6 +17,9 @@ Each tf.train.Example holds:
     class_name   bytes
     path         bytes   source file, relative to the audio directory
     midi_note    int64   the note played (MIDI number, from the file name), -1 if unknown
+    waveform     bytes   only when dataset_info.json has `waveform` (prepare --waveform): raw
+                         little-endian float32 [num_samples] at its `sample_rate`, the input of
+                         the waveform VAE (amych_tf.baselines.vae)
 
 Format version 2: power log-Mels (`FeatureConfig.power`) and `midi_note`.
 Version 1 directories (magnitude log-Mels) are refused: re-run prepare.
@@ -65,6 +68,9 @@ class DatasetInfo:
     num_skipped: int = 0
     versions: dict[str, str] = dataclasses.field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    # {"sample_rate": Hz, "num_samples": n} when the examples also hold the waveform
+    # (data_tools.prepare --waveform), None otherwise.
+    waveform: dict[str, int] | None = None
 
     def __post_init__(self):
         if self.storage_dtype not in STORAGE_DTYPES:
@@ -119,11 +125,12 @@ class DatasetInfo:
 
 def encode_example(
     log_mel: np.ndarray, *, label: int, class_name: str, path: str, storage_dtype: str = "float32",
-    midi_note: int = -1,
+    midi_note: int = -1, waveform: np.ndarray | None = None,
 ) -> bytes:
     """Serialise one clip's log-Mel [frames, mels] and its metadata as a tf.train.Example.
 
     `midi_note`: the note the clip plays (MIDI number), -1 when unknown.
+    `waveform`: optional float32 samples [num_samples], stored as float32 whatever `storage_dtype`.
     """
     log_mel = np.asarray(log_mel)
     if log_mel.ndim != 2:
@@ -146,6 +153,8 @@ def encode_example(
                 "class_name": bytes_feature(class_name.encode("utf-8")),
                 "path": bytes_feature(path.encode("utf-8")),
                 "midi_note": int_feature(midi_note),
+                **({} if waveform is None else {"waveform": bytes_feature(
+                    np.asarray(waveform, np.dtype("float32").newbyteorder("<")).reshape(-1).tobytes())}),
             }
         )
     )

@@ -166,6 +166,13 @@ def is_playable(model) -> bool:
     return isinstance(model, PlayablePrototypes)
 
 
+def is_vae(model) -> bool:
+    """True for the waveform VAE (amych_tf.baselines.vae), which reads waveforms, not log-Mels."""
+    from amych_tf.baselines.vae import WaveformVAE
+
+    return isinstance(model, WaveformVAE)
+
+
 def collect_predictions(model, dataset, clustering: bool = False):
     """(winners [N], L_rec of the winner [N] or None, labels [N]) over a dataset, in order.
 
@@ -258,6 +265,10 @@ def evaluate_model(model, data_dir: str, split: str = "test", batch_size: int = 
     from amych_tf import data, metrics
 
     info = info or data.load_dataset_info(data_dir, expected_features=model.feature_config)
+    if is_vae(model):  # waveforms in, its own metrics (amych_tf.baselines.vae_run)
+        from amych_tf.baselines import vae_run
+
+        return vae_run.evaluate_vae(model, data_dir, split, batch_size, info=info)
     clustering = model.mode == "unsupervised" if clustering is None else clustering
     if clustering and not (is_playable(model) or hasattr(model, "predict_clusters")):
         raise EvaluationError(f"{type(model).__name__} has no clusters to evaluate")
@@ -354,6 +365,11 @@ def main(argv):
         sys.exit(2)
     output = FLAGS.output or os.path.join(FLAGS.model_dir, f"eval-{FLAGS.split}.json")
     write_report(summary, output, info.class_names)
+    if is_vae(model):
+        from amych_tf.baselines import vae_run
+
+        print(vae_run.summary_line(summary))
+        return
     print(summary_line(summary))
 
 

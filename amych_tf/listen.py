@@ -36,7 +36,10 @@ masks of its nearest training window, from the train split of --data_dir):
                                   dense-layer weights favour
   prototype_gallery.png           the decoded spectrograms
 (--inputs are for our model only: APNet does not reconstruct an input from a
-prototype.) The other baselines have no prototypes: an error says so.
+prototype.) The waveform VAE (`--model=vae`) writes each class's latent centre
+decoded, a morph between two class centres (--morph) and the --inputs decoded from
+their latent means (amych_tf.baselines.vae_run.listen). The other baselines have no
+prototypes: an error says so.
 Inputs are read like data_tools.prepare reads them (mono, resampled, tiled to
 at least 16 frames) and padded by tiling to a multiple of 16 frames.
 Unsupervised prototypes are compared with the class they are mapped to (the
@@ -70,6 +73,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("griffin_lim_iters", 64, "Griffin-Lim iterations.")
     flags.DEFINE_boolean("html", False, "Write the listening page (index.html and its files) to --out_dir "
                          "(default: <model_dir>/listen).")
+    flags.DEFINE_list("morph", [], "VAE runs: the two classes whose latent centres are morphed (default: the first two).")
     flags.DEFINE_integer("examples", 6, "Test clips on the listening page (the wrong ones first, up to half).")
     flags.DEFINE_string("audio_dir", None, "The dataset's audio directory (its manifest's paths are relative to "
                         "it): the listening page then also plays each example's original recording.")
@@ -348,6 +352,18 @@ def main(argv):
             raise evaluate.EvaluationError("--model_dir and --out_dir are required")
         model, config = evaluate.load_model(FLAGS.model_dir, FLAGS.checkpoint)
         data_dir = FLAGS.data_dir or config["dataset"]["data_dir"]
+        if evaluate.is_vae(model):  # its sounds come out of its decoder (amych_tf.baselines.vae_run)
+            from amych_tf.baselines import vae_run
+
+            if FLAGS.html or len(FLAGS.morph) not in (0, 2):
+                raise evaluate.EvaluationError("VAE runs: no --html page; --morph takes two class names")
+            try:
+                written = vae_run.listen(model, data_dir, FLAGS.out_dir, FLAGS.inputs,
+                                         tuple(FLAGS.morph) or None, FLAGS.eval_batch_size)
+            except (FileNotFoundError, ValueError) as error:
+                raise evaluate.EvaluationError(str(error)) from None
+            print(f"class centres, morph and {len(written['inputs'])} input(s) -> {FLAGS.out_dir}")
+            return
         if FLAGS.html:
             from amych_tf import listen_page
 

@@ -47,9 +47,12 @@ def define_flags() -> None:
         flags.DEFINE_string("data_dir", None, "Prepared dataset directory (data_tools.prepare).")
     if "model_dir" not in FLAGS:
         flags.DEFINE_string("model_dir", None, "Output directory; rerunning with the same one resumes.")
-    flags.DEFINE_enum("model", "prototypes", ["prototypes", "direct", "autoencoder", "apnet"],
-                      "prototypes: PlayablePrototypes; direct, autoencoder, apnet: the paper's baselines "
+    flags.DEFINE_enum("model", "prototypes", ["prototypes", "direct", "autoencoder", "apnet", "vae"],
+                      "prototypes: PlayablePrototypes; direct, autoencoder, apnet: the paper's baselines; vae: the "
+                      "sounds thesis' waveform VAE (--mode: with or without its bottleneck classifier) "
                       "(amych_tf.baselines).")
+    flags.DEFINE_enum("vae_architecture", "convolution", ["convolution", "dilation"],
+                      "--model=vae: the thesis' convolution or dilation encoder/decoder (amych_tf.baselines.vae).")
     flags.DEFINE_enum("mode", "supervised", ["supervised", "unsupervised"],
                       "Training setting of --model=prototypes (sections 3.2/3.3); baselines have their own.")
     flags.DEFINE_integer("num_prototypes", 0, "K; 0 = the number of classes.")
@@ -131,6 +134,13 @@ def check_flags(info_loader=None):
         raise FlagError("--refine_epochs refines APNet's prototypes; it needs --model=apnet")
     if FLAGS.model != "prototypes" and FLAGS.export_dir:
         raise FlagError("--export_dir exports PlayablePrototypes only (amych_tf.export); baselines are not served")
+    if FLAGS.model == "vae" and not info.waveform:  # the VAE's hook (amych_tf.baselines.vae_run)
+        from amych_tf.baselines.vae_run import check_waveform_data
+
+        try:
+            check_waveform_data(info, FLAGS.data_dir)
+        except ValueError as error:
+            raise FlagError(str(error)) from None
     if FLAGS.model in ("direct", "apnet") and FLAGS.mode == "unsupervised":
         raise FlagError(f"--model={FLAGS.model} is a supervised baseline; --mode=unsupervised applies to prototypes")
     if FLAGS.model == "prototypes" and FLAGS.mode == "supervised" and num_prototypes < info.num_classes:
@@ -159,7 +169,7 @@ def check_flags(info_loader=None):
         )
     if FLAGS.log_freq != "epoch" and not FLAGS.log_freq.isdigit():
         raise FlagError(f"--log_freq must be 'epoch' or a number of batches, got {FLAGS.log_freq!r}")
-    longest = _longest_train_clip(FLAGS.data_dir)
+    longest = None if FLAGS.model == "vae" else _longest_train_clip(FLAGS.data_dir)  # the VAE takes no crops
     if longest is not None and FLAGS.train_frames > longest:
         # Not an error: crops of clips shorter than --train_frames repeat the clip
         # (data.crop_indices), the paper's tiling of short clips; but every crop then does.
@@ -397,6 +407,11 @@ def run(info, num_prototypes) -> dict:
     import tensorflow as tf
 
     from amych_tf import callbacks, data, evaluate, initialization, resume
+
+    if FLAGS.model == "vae":  # waveforms in, its own pipeline and metrics (amych_tf.baselines.vae_run)
+        from amych_tf.baselines import vae_run
+
+        return vae_run.train(info)
 
     strategy = make_strategy()
     out_dir = worker_dir(FLAGS.model_dir, strategy)

@@ -175,3 +175,21 @@ def header_durations(paths: list[str]) -> list[float]:
         except (OSError, RuntimeError):
             durations.append(0.0)
     return durations
+
+
+def fixed_length_waveform(waveform: np.ndarray, sample_rate: int, target_rate: int, num_samples: int) -> np.ndarray:
+    """The waveform VAE's input (vae-sounds-thesis2018, section 5.1): resampled, cut or zero-padded.
+
+    Resampled from `sample_rate` to `target_rate` (soxr_hq, as every resampling here),
+    then the first `num_samples` kept, or zeros appended up to `num_samples`. The thesis
+    zero-pads its spoken digits (all shorter than 4096 samples at 8 kHz); a longer clip
+    keeps its start, where a note's onset is.
+    """
+    if sample_rate != target_rate:
+        waveform = librosa.resample(np.asarray(waveform, np.float32), orig_sr=sample_rate, target_sr=target_rate,
+                                    res_type="soxr_hq")
+    fixed = np.zeros(num_samples, np.float32)
+    kept = min(num_samples, waveform.shape[0])
+    fixed[:kept] = waveform[:kept]
+    return fixed
+

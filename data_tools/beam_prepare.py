@@ -86,14 +86,15 @@ class ClipResult(NamedTuple):
 class ConvertClip(beam.DoFn):
     """(plan index, PlannedClip) -> ClipResult: decode, then the log-Mel of the local path."""
 
-    def __init__(self, audio_dir: str, features: FeatureConfig, storage_dtype: str):
+    def __init__(self, audio_dir: str, features: FeatureConfig, storage_dtype: str, waveform: dict | None):
         self._audio_dir = audio_dir
         self._features = features
         self._storage_dtype = storage_dtype
+        self._waveform = waveform
         self._encode = None  # a tf.function: made on the worker, not pickled
 
     def setup(self):
-        self._encode = conversion.ClipEncoder(self._features, self._storage_dtype)
+        self._encode = conversion.ClipEncoder(self._features, self._storage_dtype, self._waveform)
 
     def process(self, element):
         index, clip = element
@@ -155,13 +156,14 @@ def build_pipeline(
     features: FeatureConfig,
     storage_dtype: str,
     shard_size: int,
+    waveform: dict | None = None,
 ) -> None:
     """Steps 2-4 on `pipeline`: shards and METADATA_FILENAME in `staging_dir`."""
     results = (
         pipeline
         | "Plan" >> beam.Create(list(enumerate(plan)))
         | "Spread" >> beam.Reshuffle()
-        | "Convert" >> beam.ParDo(ConvertClip(audio_dir, features, storage_dtype))
+        | "Convert" >> beam.ParDo(ConvertClip(audio_dir, features, storage_dtype, waveform))
     )
     usable = results | "Usable" >> beam.Filter(lambda result: result.example is not None)
     assignment = (
@@ -218,6 +220,7 @@ def prepare_dataset_with_beam(
     seed: int = 0,
     shard_size: int = conversion.DEFAULT_SHARD_SIZE,
     storage_dtype: str = "float32",
+    waveform: dict[str, int] | None = None,
     pipeline_args: Sequence[str] = ("--runner=DirectRunner",),
 ) -> conversion.PrepareSummary:
     """`conversion.prepare_dataset` with the conversion run as a Beam pipeline.
@@ -234,6 +237,7 @@ def prepare_dataset_with_beam(
     conversion.check_arguments(
         audio_dir, out_dir, layout, num_classes, sol_classes, seed, 1, shard_size, storage_dtype
     )
+    waveform = conversion.checked_waveform(waveform)
     options = PipelineOptions(list(pipeline_args))
     discovery, plan = conversion.plan_clips(audio_dir, layout, num_classes=num_classes, sol_classes=sol_classes, seed=seed)
     with conversion.dataset_writer(out_dir, shard_size) as writer:
@@ -241,7 +245,7 @@ def prepare_dataset_with_beam(
         pipeline = beam.Pipeline(options=options)
         build_pipeline(
             pipeline, plan, audio_dir=os.path.abspath(audio_dir), staging_dir=os.path.abspath(staging_dir),
-            features=features, storage_dtype=storage_dtype, shard_size=shard_size,
+            features=features, storage_dtype=storage_dtype, shard_size=shard_size, waveform=waveform,
         )
         state = pipeline.run().wait_until_finish()
         if state != PipelineState.DONE:
@@ -258,5 +262,5 @@ def prepare_dataset_with_beam(
         return conversion.commit_dataset(
             writer, converted, discovery, plan, layout=layout, features=features, seed=seed,
             storage_dtype=storage_dtype, versions=conversion.library_versions() | {"apache_beam": beam.__version__},
-            start=start,
+            start=start, waveform=waveform,
         )

@@ -478,8 +478,12 @@ class ClipEncoder:
     (data_tools.beam_prepare) alike.
     """
 
-    def __init__(self, features: FeatureConfig, storage_dtype: str):
+    def __init__(self, features: FeatureConfig, storage_dtype: str, waveform: dict[str, int] | None = None):
+        """`waveform` ({"sample_rate", "num_samples"} or None): also store each clip's
+        `audio.fixed_length_waveform`, from its samples before tiling."""
         self.storage_dtype = storage_dtype
+        self.sample_rate = features.sample_rate
+        self.waveform = waveform
 
         # One trace for every clip length. A closure, not functools.partial: a partial's
         # keyword (the config) becomes part of the call signature and is re-hashed per call.
@@ -492,9 +496,15 @@ class ClipEncoder:
     def __call__(self, clip: PlannedClip, loaded: audio.Clip) -> tuple[bytes, tuple]:
         log_mel = self._compute_log_mel(loaded.waveform).numpy()
         midi_note = layouts.midi_note_from_filename(clip.path)
+        fixed_waveform = None
+        if self.waveform is not None:
+            untiled = loaded.waveform[: max(1, round(loaded.source_duration * self.sample_rate))]
+            fixed_waveform = audio.fixed_length_waveform(
+                untiled, self.sample_rate, self.waveform["sample_rate"], self.waveform["num_samples"]
+            )
         example = data.encode_example(
             log_mel, label=clip.label, class_name=clip.class_name, path=clip.path, storage_dtype=self.storage_dtype,
-            midi_note=midi_note,
+            midi_note=midi_note, waveform=fixed_waveform,
         )
         manifest_row = (
             clip.split, clip.label, clip.class_name, clip.path, f"{loaded.source_duration:.6f}", log_mel.shape[0],
@@ -503,9 +513,10 @@ class ClipEncoder:
         return example, manifest_row
 
 
-def _convert(plan, class_names, audio_dir, features, storage_dtype, writer, pool, num_workers, show_progress):
+def _convert(plan, class_names, audio_dir, features, storage_dtype, writer, pool, num_workers, show_progress,
+             waveform=None):
     """Decode every planned file (in `pool`), compute its log-Mel here and write it to `writer`."""
-    encode = ClipEncoder(features, storage_dtype)
+    encode = ClipEncoder(features, storage_dtype, waveform)
     converted = Converted(class_names)
     min_samples = features.num_samples(data.MIN_FRAMES)
     tasks = ((os.path.join(audio_dir, clip.path), features.sample_rate, min_samples) for clip in plan)
@@ -555,6 +566,7 @@ def prepare_dataset(
     shard_size: int = DEFAULT_SHARD_SIZE,
     storage_dtype: str = "float32",
     show_progress: bool = False,
+    waveform: dict[str, int] | None = None,
 ) -> PrepareSummary:
     """Convert the audio under `audio_dir` into a prepared dataset in `out_dir`.
 
@@ -571,6 +583,9 @@ def prepare_dataset(
       shard_size: examples per shard.
       storage_dtype: "float32" or "float16".
       show_progress: draw a progress line on stderr.
+      waveform: {"sample_rate": Hz, "num_samples": n} to also store each clip's waveform,
+        resampled, cut or zero-padded to n samples (the waveform VAE's input), recorded in
+        dataset_info.json; None (default) stores the log-Mel only.
 
     Raises:
       PrepareError: invalid arguments (before any work is done);
@@ -578,6 +593,7 @@ def prepare_dataset(
     """
     start = time.monotonic()
     check_arguments(audio_dir, out_dir, layout, num_classes, sol_classes, seed, num_workers, shard_size, storage_dtype)
+    waveform = checked_waveform(waveform)
     with _worker_pool(num_workers) as pool:
         discovery, plan = plan_clips(
             audio_dir, layout, num_classes=num_classes, sol_classes=sol_classes, seed=seed, pool=pool,
@@ -586,12 +602,22 @@ def prepare_dataset(
         with dataset_writer(out_dir, shard_size) as writer:
             converted = _convert(
                 plan, discovery.class_names, audio_dir, features, storage_dtype,
-                writer, pool, num_workers, show_progress,
+                writer, pool, num_workers, show_progress, waveform=waveform,
             )
             return commit_dataset(
                 writer, converted, discovery, plan, layout=layout, features=features, seed=seed,
-                storage_dtype=storage_dtype, versions=library_versions(), start=start,
+                storage_dtype=storage_dtype, versions=library_versions(), start=start, waveform=waveform,
             )
+
+
+def checked_waveform(waveform: dict[str, int] | None) -> dict[str, int] | None:
+    """The `waveform` argument of prepare_dataset, as ints; PrepareError if not positive."""
+    if waveform is None:
+        return None
+    waveform = {"sample_rate": int(waveform["sample_rate"]), "num_samples": int(waveform["num_samples"])}
+    if waveform["sample_rate"] < 1 or waveform["num_samples"] < 1:
+        raise PrepareError(f"the stored waveform needs a positive sample rate and length, got {waveform}")
+    return waveform
 
 
 def plan_clips(
@@ -643,6 +669,7 @@ def commit_dataset(
     storage_dtype: str,
     versions: dict[str, str],
     start: float,
+    waveform: dict[str, int] | None = None,
 ) -> PrepareSummary:
     """Check that every class has a usable file, then commit the shards, manifest.csv, skipped.csv
     and dataset_info.json: step 4. `converted.manifest_rows` must be in plan order."""
@@ -659,6 +686,7 @@ def commit_dataset(
         class_counts=converted.class_counts,
         num_skipped=len(converted.skipped_rows),
         versions=versions,
+        waveform=waveform,
     )
     writer.commit(info, converted.manifest_rows, sorted(converted.skipped_rows))
     return PrepareSummary(

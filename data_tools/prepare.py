@@ -64,6 +64,10 @@ def define_flags() -> None:
     flags.DEFINE_integer("shard_size", 1000, "Examples per TFRecord shard.")
     flags.DEFINE_enum("storage_dtype", "float32", ["float32", "float16"], "Precision of the stored log-Mel.")
     flags.DEFINE_bool("progress", True, "Show a progress line on stderr (local path only).")
+    flags.DEFINE_bool("waveform", False, "Also store each clip's waveform, resampled to --waveform_sample_rate and "
+                      "cut or zero-padded to --waveform_samples (the waveform VAE's input, --model=vae).")
+    flags.DEFINE_integer("waveform_sample_rate", 8000, "Sample rate of the stored waveform (the VAE thesis: 8 kHz).")
+    flags.DEFINE_integer("waveform_samples", 4096, "Length of the stored waveform (the VAE thesis: 4096).")
     flags.DEFINE_string(
         "runner",
         None,
@@ -113,6 +117,8 @@ def main(argv) -> int:
             seed=FLAGS.seed,
             shard_size=FLAGS.shard_size,
             storage_dtype=FLAGS.storage_dtype,
+            waveform={"sample_rate": FLAGS.waveform_sample_rate, "num_samples": FLAGS.waveform_samples}
+            if FLAGS.waveform else None,
         )
         if FLAGS.runner:
             pipeline_args = [f"--runner={FLAGS.runner}", *argv[1:]]

@@ -46,8 +46,12 @@ def make_prepared_dir(
     n_fft=1024,
     hop_length=512,
     midi_note=lambda index: -1,
+    waveform=None,
 ):
     """Write a tiny prepared dataset (the schema of amych_tf.data) without data_tools.prepare.
+
+    `waveform`: optional ({"sample_rate", "num_samples"}, function(clip index, split) -> samples)
+    to store waveforms too (prepare --waveform).
 
     `lengths`: frames per clip, one list used for every split, or a dict split -> list.
     Clip i of a split has label i % num_classes, path "<split>/clip-<i>.wav" and
@@ -83,6 +87,7 @@ def make_prepared_dir(
                             path=clip_path,
                             storage_dtype=storage_dtype,
                             midi_note=midi_note(i),
+                            waveform=None if waveform is None else waveform[1](i, split),
                         )
                     )
                     manifest.append(f"{split},{label},{class_names[label]},{clip_path},1.0,{clips[i]}")
@@ -94,6 +99,7 @@ def make_prepared_dir(
         split_counts=split_counts,
         num_shards=num_shards,
         storage_dtype=storage_dtype,
+        waveform=None if waveform is None else dict(waveform[0]),
     )
     info.save(directory)
     return info

@@ -171,3 +171,24 @@ def test_runner_without_beam_installed_is_a_one_line_error(tmp_path, capsys):
     assert capsys.readouterr().err == (
         "error: --runner needs Apache Beam (No module named 'apache_beam'): pip install -e '.[beam]'\n"
     )
+
+
+@needs_beam
+def test_beam_stores_the_same_waveforms_as_the_local_path(tmp_path):
+    from data_tools import beam_prepare
+
+    audio_dir = tmp_path / "audio"
+    for label, name in enumerate(("reed", "bell")):
+        for take in range(4):
+            write_tone(str(audio_dir / name / f"note-{take}.wav"), 200.0 * (label + 1) + 15 * take, seconds=0.3)
+    config = conversion.resolve_features("folders", **SMALL_FEATURES)
+    waveform = {"sample_rate": 4000, "num_samples": 512}
+    conversion.prepare_dataset(str(audio_dir), str(tmp_path / "local"), layout="folders", features=config,
+                               waveform=waveform)
+    beam_prepare.prepare_dataset_with_beam(str(audio_dir), str(tmp_path / "beam"), layout="folders", features=config,
+                                           waveform=waveform)
+    local, beam = directory_bytes(str(tmp_path / "local")), directory_bytes(str(tmp_path / "beam"))
+    assert data.DatasetInfo.load(str(tmp_path / "beam")).waveform == waveform
+    assert info_without_beam_version(str(tmp_path / "beam"))[0] == info_without_beam_version(str(tmp_path / "local"))[0]
+    assert {name: local[name] for name in local if name != data.INFO_FILENAME} == {
+        name: beam[name] for name in beam if name != data.INFO_FILENAME}

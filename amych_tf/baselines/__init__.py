@@ -4,6 +4,10 @@
     autoencoder  2-D conv autoencoder + K-means on its bottleneck  (Table 2)
     apnet        APNet (Zinemanas et al. 2021): classifier, and
                  APNet + K-means on its prototype similarities     (Tables 2 and 3)
+    vae          the waveform VAE of the sounds thesis (seed 004): bottleneck classifier,
+                 and K-means on its latent means                   (Tables 3 and 2);
+                 reads waveforms, not log-Mels: its training, evaluation and listening
+                 live in `amych_tf.baselines.vae_run`
 
 Every baseline is a subclassed, registered-serializable `keras.Model` with
 `get_config`, built as `Model(feature_config, num_classes, class_names=..., **hyper)`,
@@ -29,7 +33,7 @@ that shares our data pipeline and evaluation:
 
 from __future__ import annotations
 
-MODELS = ("prototypes", "direct", "autoencoder", "apnet")
+MODELS = ("prototypes", "direct", "autoencoder", "apnet", "vae")
 
 
 def model_class(name: str):
@@ -50,4 +54,8 @@ def model_class(name: str):
         from amych_tf.baselines.apnet import APNet
 
         return APNet
+    if name == "vae":
+        from amych_tf.baselines.vae import WaveformVAE
+
+        return WaveformVAE
     raise ValueError(f"unknown model {name!r}; choose one of {MODELS}")

@@ -60,6 +60,20 @@ def nearest_centre(embeddings: tf.Tensor, centres: tf.Tensor) -> tf.Tensor:
     return tf.argmin(distances, axis=-1, output_type=tf.int32)
 
 
+def kmeans(embeddings, num_clusters: int, dimension: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's K-means (10 initialisations) on embeddings [N, dimension].
+
+    Returns (centres float32 [num_clusters, dimension], each embedding's cluster int32 [N]).
+    """
+    from sklearn.cluster import KMeans
+
+    embeddings = np.asarray(embeddings, np.float64)
+    if embeddings.ndim != 2 or embeddings.shape[1] != dimension:
+        raise ValueError(f"embeddings must be [N, {dimension}], got shape {embeddings.shape}")
+    fitted = KMeans(n_clusters=num_clusters, n_init=KMEANS_INITIALISATIONS, random_state=seed).fit(embeddings)
+    return fitted.cluster_centers_.astype(np.float32), fitted.labels_.astype(np.int32)
+
+
 @keras.saving.register_keras_serializable(package="amych_tf")
 class ConvAutoencoder(BaselineModel):
     """2-D conv autoencoder + K-means.
@@ -174,15 +188,9 @@ class ConvAutoencoder(BaselineModel):
 
         Stores the centres in `cluster_centres` and returns each embedding's cluster, int32 [N].
         """
-        from sklearn.cluster import KMeans
-
-        embeddings = np.asarray(embeddings, np.float64)
-        if embeddings.ndim != 2 or embeddings.shape[1] != self.embedding_size:
-            raise ValueError(f"embeddings must be [N, {self.embedding_size}], got shape {embeddings.shape}")
-        kmeans = KMeans(n_clusters=self.num_prototypes, n_init=KMEANS_INITIALISATIONS, random_state=seed)
-        kmeans.fit(embeddings)
-        self.cluster_centres.assign(kmeans.cluster_centers_.astype(np.float32))
-        return kmeans.labels_.astype(np.int32)
+        centres, clusters = kmeans(embeddings, self.num_prototypes, self.embedding_size, seed)
+        self.cluster_centres.assign(centres)
+        return clusters
 
     def predict_clusters(self, features) -> tf.Tensor:
         """Nearest centre of each clip's embedding: features -> int32 [B]."""

@@ -1,0 +1,424 @@
+"""The waveform VAE of the sounds thesis (shared/papers/vae-sounds-thesis2018.md), a sixth system.
+
+A variational autoencoder on the raw waveform (8 kHz, 4096 samples, stored by
+`data_tools.prepare --waveform`); sounds come out of its decoder. Thesis sections
+4.1 (Table 4.1), 4.2.1 and 5.1.1:
+
+  convolution encoder (Table 4.1, left), every layer + batch norm + tanh:
+    conv1d 128 k5 s2, 128 k4 s2, 256 k4 s2, 512 k4 s2, 1024 k4 s2  -> [B, N/32, 1024]
+    conv1d 1 k1 (the 1x1 collapse, linear: the thesis tried linear and tanh)  -> [B, N/32]
+  dilation encoder (Table 4.1, right; --vae_architecture=dilation):
+    conv1d 16 k32 s1, a dilation block (50 residual layers of two parallel conv1d 32 k2
+    with dilation 2^((i-1) mod 10) and 2^((i-1) mod 5), input_i = input_{i-1} + a*b,
+    output = mean of the 50 products a*b), 5 x conv1d 1 k2 s2, conv1d 1 k1
+  bottleneck (4.2.1): two parallel dense layers to the mean and log-variance of a
+    20-D Gaussian; z = mean + exp(log_var / 2) * eps; two dense layers (tanh) back to
+    the N/32 values of the collapsed encoder output
+  decoder: the mirror image with conv1d_transpose, tanh output (a waveform in [-1, 1])
+  bottleneck classifier (5.1.1, supervised): three dense hidden layers (tanh) on z, logits.
+
+Loss per clip (thesis section 3.3, "Loss calculation"), summed, not averaged, so the
+weighting is the thesis' own:
+  L = sum_n (x_n - x^_n)^2 + KL(N(mean, exp(log_var)) || N(0, I)) [+ cross-entropy]
+  KL = 0.5 * sum_d (exp(log_var_d) + mean_d^2 - 1 - log_var_d).
+The thesis' code parametrises the standard deviation (its `z_var` is log sigma) and
+drops the constant -1/2 per dimension; log_var = 2 log sigma is the same model and
+the constant changes no gradient, so this KL is the textbook one (it is 0 at the prior).
+
+Decisions (the thesis leaves these open):
+  * The dilation block's residual stream has the sub-layers' 32 channels, so a 1x1
+    convolution takes the first layer's 16 channels to 32 at the block's entry; both
+    sub-layers are tanh (the thesis: tanh everywhere), non-causal ("same" padding).
+  * `conv_layers` (default Table 4.1's) and `dilation_layers` (default 50) exist so tests can
+    build a narrow, shallow copy; every run uses the thesis' numbers.
+  * Dense widths not given: the decoder's first dense layer 64 (then N/32 = 128), the
+    classifier's hidden layers 64, 64, 64.
+  * The classifier and the VAE are trained jointly: one gradient of the sum of the three
+    terms (the thesis alternates the two losses' gradients each iteration).
+  * Outside training (and in test_step) z = mean: evaluation and listening are
+    deterministic; the classifier also reads the mean then.
+  * Batch normalisation after every layer as the thesis, momentum 0.9 as the other baselines.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from amych_tf.baselines.autoencoder import kmeans, nearest_centre
+from amych_tf.baselines.direct import batch_norm
+from amych_tf.model import PrebuiltModel, distributed_logs
+from amych_tf.spectral import FeatureConfig
+
+WAVEFORM_KEY = "waveform"
+ARCHITECTURES = ("convolution", "dilation")
+# Table 4.1, left: (filters, kernel) of the five stride-2 layers.
+CONVOLUTION_LAYERS = ((128, 5), (128, 4), (256, 4), (512, 4), (1024, 4))
+DILATION_STEM = (16, 32)  # filters, kernel of the dilation encoder's first layer
+DILATION_LAYERS, DILATION_FILTERS, DILATION_CYCLES = 50, 32, (10, 5)
+DOWNSAMPLING = 32  # 2^5: both encoders shorten the waveform 32 times
+
+
+def kl_divergence(mean: tf.Tensor, log_var: tf.Tensor) -> tf.Tensor:
+    """KL(N(mean, exp(log_var)) || N(0, I)) per example: [B, D] -> [B]."""
+    return 0.5 * tf.reduce_sum(tf.exp(log_var) + tf.square(mean) - 1.0 - log_var, axis=-1)
+
+
+def squared_error_sum(reconstruction: tf.Tensor, waveform: tf.Tensor) -> tf.Tensor:
+    """The thesis' generation loss: squared error summed over the samples, [B, N] -> [B]."""
+    return tf.reduce_sum(tf.square(reconstruction - waveform), axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="amych_tf")
+class ConvolutionStack(keras.layers.Layer):
+    """Conv1D (or Conv1DTranspose) + batch norm + tanh per (filters, kernel), all with one stride.
+
+    The encoder's five stride-2 layers, or, `transpose=True`, the decoder's mirror image.
+    [B, L, C] -> [B, L / stride^n, filters] (transpose: L * stride^n).
+    """
+
+    def __init__(self, layers_spec, strides: int = 2, transpose: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.layers_spec = [tuple(int(v) for v in spec) for spec in layers_spec]
+        self.strides, self.transpose = int(strides), bool(transpose)
+        conv = keras.layers.Conv1DTranspose if self.transpose else keras.layers.Conv1D
+        self.convolutions = [conv(filters, kernel, strides=self.strides, padding="same", name=f"conv{i}")
+                             for i, (filters, kernel) in enumerate(self.layers_spec)]
+        self.norms = [batch_norm(f"bn{i}") for i in range(len(self.layers_spec))]
+
+    def call(self, x, training=None):
+        for convolution, norm in zip(self.convolutions, self.norms):
+            x = tf.tanh(norm(convolution(x), training=training))
+        return x
+
+    def get_config(self):
+        return {**super().get_config(), "layers_spec": [list(spec) for spec in self.layers_spec],
+                "strides": self.strides, "transpose": self.transpose}
+
+
+@keras.saving.register_keras_serializable(package="amych_tf")
+class DilationBlock(keras.layers.Layer):
+    """The thesis' WaveNet-like block (figure 4.1): [B, L, C] -> [B, L, filters].
+
+    A 1x1 convolution to `filters` channels, then `num_layers` residual layers of two
+    parallel dilated convolutions a, b (tanh; dilations 2^((i-1) mod cycles[0]) and
+    2^((i-1) mod cycles[1])): x <- x + a*b; the output is the mean of the products a*b.
+    """
+
+    def __init__(self, num_layers: int = DILATION_LAYERS, filters: int = DILATION_FILTERS, kernel_size: int = 2,
+                 cycles=DILATION_CYCLES, **kwargs):
+        super().__init__(**kwargs)
+        self.num_layers, self.filters, self.kernel_size = int(num_layers), int(filters), int(kernel_size)
+        self.cycles = tuple(int(c) for c in cycles)
+        self.entry = keras.layers.Conv1D(self.filters, 1, name="entry")
+        self.pairs = [
+            [keras.layers.Conv1D(self.filters, self.kernel_size, dilation_rate=2 ** (i % cycle), padding="same",
+                                 activation="tanh", name=f"layer{i}_{j}") for j, cycle in enumerate(self.cycles)]
+            for i in range(self.num_layers)
+        ]
+
+    def call(self, x):
+        x = self.entry(x)
+        skips = 0.0
+        for first, second in self.pairs:
+            product = first(x) * second(x)
+            x = x + product
+            skips = skips + product
+        return skips / self.num_layers
+
+    def get_config(self):
+        return {**super().get_config(), "num_layers": self.num_layers, "filters": self.filters,
+                "kernel_size": self.kernel_size, "cycles": list(self.cycles)}
+
+
+class _WaveformCoder(keras.layers.Layer):
+    """What the encoder and the decoder share: the architecture, its options, running the body."""
+
+    def __init__(self, architecture: str = "convolution", dilation_layers: int = DILATION_LAYERS,
+                 conv_layers=CONVOLUTION_LAYERS, **kwargs):
+        super().__init__(**kwargs)
+        if architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
+        self.architecture, self.dilation_layers = architecture, int(dilation_layers)
+        self.conv_layers = [tuple(int(v) for v in spec) for spec in conv_layers]
+        self.body = []
+
+    def run_body(self, x, training):
+        for layer in self.body:
+            x = layer(x, training=training) if isinstance(layer, ConvolutionStack) else layer(x)
+        return x
+
+    def get_config(self):
+        return {**super().get_config(), "architecture": self.architecture, "dilation_layers": self.dilation_layers,
+                "conv_layers": [list(spec) for spec in self.conv_layers]}
+
+
+@keras.saving.register_keras_serializable(package="amych_tf")
+class WaveformEncoder(_WaveformCoder):
+    """Waveform [B, N] -> the collapsed encoder output [B, N/32] (Table 4.1, layers up to the 1x1)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.architecture == "convolution":
+            self.body = [ConvolutionStack(self.conv_layers, name="convolutions")]
+        else:
+            self.body = [ConvolutionStack([DILATION_STEM], strides=1, name="stem"),
+                         DilationBlock(self.dilation_layers, name="dilation"),
+                         ConvolutionStack([(1, 2)] * 5, name="downsampling")]
+        self.collapse = keras.layers.Conv1D(1, 1, name="collapse")
+        self.collapse_norm = batch_norm("collapse_bn")
+
+    def call(self, waveform, training=None):
+        x = self.run_body(waveform[..., tf.newaxis], training)
+        return self.collapse_norm(self.collapse(x), training=training)[..., 0]
+
+
+@keras.saving.register_keras_serializable(package="amych_tf")
+class WaveformDecoder(_WaveformCoder):
+    """The encoder's mirror image: [B, N/32] -> waveform [B, N] in [-1, 1] (tanh)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.architecture == "convolution":
+            self.body = [ConvolutionStack(self.conv_layers[::-1], transpose=True, name="convolutions")]
+        else:
+            self.body = [ConvolutionStack([(1, 2)] * 5, transpose=True, name="upsampling"),
+                         ConvolutionStack([(DILATION_FILTERS, 1)], strides=1, transpose=True, name="widen"),
+                         DilationBlock(self.dilation_layers, name="dilation"),
+                         ConvolutionStack([DILATION_STEM], strides=1, transpose=True, name="stem")]
+        self.output_layer = keras.layers.Conv1DTranspose(1, 1, activation="tanh", name="output")
+
+    def call(self, collapsed, training=None):
+        return self.output_layer(self.run_body(collapsed[..., tf.newaxis], training))[..., 0]
+
+
+@keras.saving.register_keras_serializable(package="amych_tf")
+class GaussianSample(keras.layers.Layer):
+    """The reparametrised draw z = mean + exp(log_var / 2) * eps when training, the mean otherwise."""
+
+    def __init__(self, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, mean, log_var, training=None):
+        if not training:
+            return mean
+        noise = keras.random.normal(tf.shape(mean), seed=self.seed_generator)
+        return mean + tf.exp(0.5 * log_var) * noise
+
+    def get_config(self):
+        return {**super().get_config(), "seed": self.seed}
+
+
+def features_waveform(features) -> tf.Tensor:
+    """The waveform [B, N] of a features dict ({"waveform": ...}) or of a bare tensor."""
+    if isinstance(features, Mapping):
+        if WAVEFORM_KEY not in features:
+            raise ValueError("the VAE reads waveforms: features need a 'waveform' entry "
+                             "(prepare the data with data_tools.prepare --waveform)")
+        features = features[WAVEFORM_KEY]
+    return tf.convert_to_tensor(features, tf.float32)
+
+
+@keras.saving.register_keras_serializable(package="amych_tf")
+class WaveformVAE(PrebuiltModel):
+    """The thesis' VAE; call(features) -> reconstructed waveform [B, N].
+
+    features: {"waveform": [B, N]} (or the tensor), N = waveform["num_samples"], a multiple of 32.
+    `feature_config` is the dataset's log-Mel front end: the VAE does not read log-Mels,
+    but its L_rec is measured on them and dataset_info.json must match the model.
+    """
+
+    def __init__(
+        self,
+        feature_config: FeatureConfig | Mapping[str, Any],
+        num_classes: int,
+        *,
+        class_names: list[str] | None = None,
+        waveform: Mapping[str, int] | None = None,
+        architecture: str = "convolution",
+        supervised: bool = True,
+        latent_dim: int = 20,
+        decoder_widths=(64,),
+        classifier_widths=(64, 64, 64),
+        dilation_layers: int = DILATION_LAYERS,
+        conv_layers=CONVOLUTION_LAYERS,
+        seed: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(feature_config, FeatureConfig):
+            feature_config = FeatureConfig.from_dict(feature_config)
+        waveform = dict(waveform or {"sample_rate": 8000, "num_samples": 4096})
+        if waveform["num_samples"] % DOWNSAMPLING:
+            raise ValueError(f"the waveform length ({waveform['num_samples']}) must be a multiple of {DOWNSAMPLING}")
+        self.feature_config = feature_config
+        self.num_classes = int(num_classes)
+        self.class_names = list(class_names) if class_names is not None else None
+        self.waveform = {"sample_rate": int(waveform["sample_rate"]), "num_samples": int(waveform["num_samples"])}
+        self.architecture, self.supervised = architecture, bool(supervised)
+        self.latent_dim, self.dilation_layers, self.seed = int(latent_dim), int(dilation_layers), seed
+        self.conv_layers = [tuple(int(v) for v in spec) for spec in conv_layers]
+        if len(self.conv_layers) != 5:  # 2^5 = DOWNSAMPLING
+            raise ValueError(f"conv_layers must give (filters, kernel) of 5 stride-2 layers, got {self.conv_layers}")
+        self.decoder_widths = tuple(int(w) for w in decoder_widths)
+        self.classifier_widths = tuple(int(w) for w in classifier_widths)
+        self.mode = "supervised" if self.supervised else "unsupervised"
+        collapsed = self.num_samples // DOWNSAMPLING
+
+        self.encoder = WaveformEncoder(architecture, self.dilation_layers, self.conv_layers, name="encoder")
+        self.mean_layer = keras.layers.Dense(self.latent_dim, name="mean")
+        self.log_var_layer = keras.layers.Dense(self.latent_dim, name="log_var")
+        self.sample = GaussianSample(seed, name="sample")
+        self.expand = [keras.layers.Dense(width, activation="tanh", name=f"expand{i}")
+                       for i, width in enumerate((*self.decoder_widths, collapsed))]
+        self.decoder = WaveformDecoder(architecture, self.dilation_layers, self.conv_layers, name="decoder")
+        self.classifier = []
+        if self.supervised:
+            self.classifier = [keras.layers.Dense(width, activation="tanh", name=f"classifier{i}")
+                               for i, width in enumerate(self.classifier_widths)]
+            self.classifier.append(keras.layers.Dense(self.num_classes, name="logits"))
+
+        # K-means on the latent means (Table 2 row), K = number of classes; zeros until fit_clusters.
+        self.cluster_centres = self.add_weight(name="cluster_centres", shape=(self.num_classes, self.latent_dim),
+                                               initializer="zeros", trainable=False)
+        names = ["loss", "rec", "kl"] + (["ce", "accuracy"] if self.supervised else [])
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
+
+    @property
+    def num_samples(self) -> int:
+        return self.waveform["num_samples"]
+
+    @property
+    def num_prototypes(self) -> int:
+        """Values the predictions take: the classes (classifier, or K-means with K = classes)."""
+        return self.num_classes
+
+    @property
+    def embedding_size(self) -> int:
+        return self.latent_dim
+
+    @staticmethod
+    def default_optimizer(learning_rate: float) -> keras.optimizers.Optimizer:
+        """Adam, as the thesis (section 4.1.1)."""
+        return keras.optimizers.Adam(learning_rate)
+
+    def build_for_frames(self, num_frames: int | None = None) -> None:
+        """Create every weight with a dummy batch (the length is the stored waveform's, not frames)."""
+        del num_frames
+        features = {WAVEFORM_KEY: tf.zeros([1, self.num_samples])}
+        self(features, training=False)
+        if self.supervised:
+            self.classify(tf.zeros([1, self.latent_dim]))
+
+    # -- the network ---------------------------------------------------------------------
+
+    def encode(self, features, training=None) -> tuple[tf.Tensor, tf.Tensor]:
+        """features -> (mean, log_var), each [B, latent_dim]."""
+        collapsed = self.encoder(features_waveform(features), training=training)
+        return self.mean_layer(collapsed), self.log_var_layer(collapsed)
+
+    def decode(self, z: tf.Tensor, training=None) -> tf.Tensor:
+        """Latent points [B, latent_dim] -> waveforms [B, N]."""
+        x = z
+        for layer in self.expand:
+            x = layer(x)
+        return self.decoder(x, training=training)
+
+    def classify(self, z: tf.Tensor) -> tf.Tensor:
+        """Bottleneck classifier: latent points [B, latent_dim] -> logits [B, classes]."""
+        if not self.supervised:
+            raise ValueError("an unsupervised VAE has no bottleneck classifier")
+        x = z
+        for layer in self.classifier:
+            x = layer(x)
+        return x
+
+    def call(self, inputs, training=None):
+        mean, log_var = self.encode(inputs, training=training)
+        return self.decode(self.sample(mean, log_var, training=training), training=training)
+
+    def embed(self, features) -> tf.Tensor:
+        """The latent mean of each clip (inference mode): features -> [B, latent_dim]."""
+        return self.encode(features, training=False)[0]
+
+    def predict_classes(self, features) -> tf.Tensor:
+        """The bottleneck classifier's argmax on the latent mean: features -> int32 [B]."""
+        return tf.argmax(self.classify(self.embed(features)), axis=-1, output_type=tf.int32)
+
+    # -- clustering ----------------------------------------------------------------------
+
+    def fit_clusters(self, embeddings, seed: int) -> np.ndarray:
+        """K-means (K = classes) on latent means [N, D], as the autoencoder's (`autoencoder.kmeans`).
+
+        Stores the centres in `cluster_centres`; returns each embedding's cluster, int32 [N].
+        """
+        centres, clusters = kmeans(embeddings, self.num_classes, self.latent_dim, seed)
+        self.cluster_centres.assign(centres)
+        return clusters
+
+    def predict_clusters(self, features) -> tf.Tensor:
+        """Nearest K-means centre of each clip's latent mean: features -> int32 [B]."""
+        return nearest_centre(self.embed(features), tf.convert_to_tensor(self.cluster_centres))
+
+    # -- training ------------------------------------------------------------------------
+
+    def per_example_losses(self, features, labels, training) -> dict[str, tf.Tensor]:
+        """{"loss", "rec", "kl"[, "ce", "hits"]} per example [B]; "loss" is what is minimised."""
+        waveform = features_waveform(features)
+        mean, log_var = self.encode(waveform, training=training)
+        z = self.sample(mean, log_var, training=training)
+        losses = {"rec": squared_error_sum(self.decode(z, training=training), waveform),
+                  "kl": kl_divergence(mean, log_var)}
+        losses["loss"] = losses["rec"] + losses["kl"]
+        if self.supervised:
+            labels = tf.cast(labels, tf.int32)
+            logits = self.classify(z)
+            losses["ce"] = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+            losses["loss"] = losses["loss"] + losses["ce"]
+            losses["hits"] = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
+        return losses
+
+    def _update_metrics(self, losses):
+        for name, tracker in self.trackers.items():
+            tracker.update_state(losses["hits" if name == "accuracy" else name])
+        return distributed_logs({name: tracker.result() for name, tracker in self.trackers.items()})
+
+    def train_step(self, data):
+        features, labels = data
+        with tf.GradientTape() as tape:
+            losses = self.per_example_losses(features, labels, training=True)
+            # Divided by the *global* batch size: summing replicas' gradients gives the mean.
+            loss = tf.nn.compute_average_loss(losses["loss"])
+        gradients = tape.gradient(loss, self.trainable_variables)
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
+        return self._update_metrics(losses)
+
+    def test_step(self, data):
+        features, labels = data
+        return self._update_metrics(self.per_example_losses(features, labels, training=False))
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "feature_config": self.feature_config.to_dict(),
+            "num_classes": self.num_classes,
+            "class_names": self.class_names,
+            "waveform": dict(self.waveform),
+            "architecture": self.architecture,
+            "supervised": self.supervised,
+            "latent_dim": self.latent_dim,
+            "decoder_widths": list(self.decoder_widths),
+            "classifier_widths": list(self.classifier_widths),
+            "dilation_layers": self.dilation_layers,
+            "conv_layers": [list(spec) for spec in self.conv_layers],
+            "seed": self.seed,
+        }
