@@ -1,7 +1,8 @@
 """Training throughput of amych_tf.train under MultiWorkerMirroredStrategy: 1 worker vs N workers.
 
     python benchmarks/multiworker_scaling.py --data_dir=/work/data/i15_demo_prepared \
-        --out_dir=/tmp/scaling [--workers=1,2] [--per_worker_batch=32] [--epochs=8] [--pin_cores]
+        --out_dir=/tmp/scaling [--workers=1,2] [--per_worker_batch=32] [--epochs=8] [--pin_cores] \
+        [--append_results]
 
 For each worker count N, starts N `python -m amych_tf.train --flagfile=configs/demo.cfg`
 processes on this host, each with its TF_CONFIG (localhost ports), exactly as README's
@@ -18,15 +19,18 @@ over loopback, so the figure is not what separate machines on a network give: it
 the strategy's overhead, not network scaling.
 
 Prints one JSON object: per worker count, s/step, total and per-worker examples/s, and the
-efficiency against N x the one-worker rate.
+efficiency against N x the one-worker rate; --append_results adds a row per worker count to
+RESULTS-scaling.md with the load average before and after (the conditions).
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import glob
 import json
 import os
+import platform
 import shutil
 import socket
 import statistics
@@ -36,6 +40,16 @@ import sys
 from absl import app, flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS_PATH = os.path.join(REPO, "benchmarks", "RESULTS-scaling.md")
+RESULTS_HEADER = (
+    "# Multi-worker training throughput (benchmarks/multiworker_scaling.py)\n\n"
+    "Weak scaling on one host: N `amych_tf.train` workers (MultiWorkerMirroredStrategy, localhost\n"
+    "ports; N = 1 without TF_CONFIG), configs/demo.cfg on the demo data, 32 examples per worker and\n"
+    "step, steady step after the first epoch. Workers on one host share its cores and memory\n"
+    "bandwidth and talk over loopback: the strategy's overhead, not network scaling.\n\n"
+    "| date | workers | cores | global batch | s/step | examples/s total | examples/s per worker "
+    "| efficiency | load avg before / after | machine | TensorFlow |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
+)
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "Prepared dataset (e.g. the demo's).", required=True)
 flags.DEFINE_string("out_dir", None, "Where the runs' model_dirs go (replaced).", required=True)
@@ -44,6 +58,7 @@ flags.DEFINE_integer("per_worker_batch", 32, "Examples per worker and step.")
 flags.DEFINE_integer("epochs", 8, "Epochs per run (the first is not timed).", lower_bound=3)
 flags.DEFINE_string("config", os.path.join(REPO, "configs", "demo.cfg"), "Training flagfile.")
 flags.DEFINE_boolean("pin_cores", False, "Run worker i on core i only.")
+flags.DEFINE_boolean("append_results", False, f"Append the rows to {RESULTS_PATH}.")
 
 
 def free_ports(count: int) -> list[int]:
@@ -107,11 +122,32 @@ def run_workers(num_workers: int, model_dir: str) -> None:
             raise RuntimeError(f"worker {index} of {num_workers} failed:\n{stderr[-3000:]}")
 
 
+def append_results(results: dict, load_before: float, load_after: float, pin_cores: bool,
+                   path: str = RESULTS_PATH) -> None:
+    """One row per worker count in `path` (created with its header)."""
+    import tensorflow as tf
+
+    if not os.path.exists(path):
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(RESULTS_HEADER)
+    machine = f"{os.cpu_count()} CPU, {platform.machine()}"
+    cores = "1 per worker (pinned)" if pin_cores else "all, shared"
+    with open(path, "a", encoding="utf-8") as f:
+        for num_workers, result in results.items():
+            f.write(
+                f"| {datetime.date.today()} | {num_workers} | {cores} | {result['global_batch']} "
+                f"| {result['s_per_step']} | {result['examples_per_s_total']} "
+                f"| {result['examples_per_s_per_worker']} | {result.get('efficiency', '')} "
+                f"| {load_before:.1f} / {load_after:.1f} | {machine} | {tf.__version__} |\n"
+            )
+
+
 def main(argv) -> None:
     del argv
     from amych_tf import data
 
     info = data.DatasetInfo.load(FLAGS.data_dir)
+    load_before = os.getloadavg()[0]
     results = {}
     for num_workers in map(int, FLAGS.workers):
         model_dir = os.path.join(FLAGS.out_dir, f"{num_workers}-workers")
@@ -133,11 +169,14 @@ def main(argv) -> None:
             result["efficiency"] = round(
                 result["examples_per_s_total"] / (num_workers * results[1]["examples_per_s_total"]), 3
             )
+    load_after = os.getloadavg()[0]
     print(json.dumps({
         "data_dir": FLAGS.data_dir, "config": os.path.relpath(FLAGS.config, REPO), "epochs": FLAGS.epochs,
-        "pin_cores": FLAGS.pin_cores, "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
+        "pin_cores": FLAGS.pin_cores, "cpu_count": os.cpu_count(), "load_average_before_after": [load_before, load_after],
         "workers": results,
     }, indent=2))
+    if FLAGS.append_results:
+        append_results(results, load_before, load_after, FLAGS.pin_cores)
 
 
 if __name__ == "__main__":
