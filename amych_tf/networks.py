@@ -49,8 +49,11 @@ BATCH_NORM_MOMENTUM = 0.9
 
 
 @keras.saving.register_keras_serializable(package="amych_tf")
-class FusedBatchNormalization(keras.layers.BatchNormalization):
+class BatchNormalization(keras.layers.BatchNormalization):
     """keras.layers.BatchNormalization through TensorFlow's fused kernel when it can.
+
+    Named like Keras' layer on purpose: Keras 3 checkpoints name layers kept in
+    lists by their class, so checkpoints written before this class load unchanged.
 
     Keras 3 composes batch norm of a dozen element-wise ops and reductions,
     forward and backward: ~0.2 s of CPU time per training step at the paper's
@@ -90,7 +93,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
 def batch_norm(name):
     # Synchronised across replicas: with tf.distribute, the statistics of the
     # global batch, so N replicas compute the same update as one device.
-    return FusedBatchNormalization(synchronized=True, momentum=BATCH_NORM_MOMENTUM, name=name)
+    return BatchNormalization(synchronized=True, momentum=BATCH_NORM_MOMENTUM, name=name)
 
 
 def _apply(layers, x, training):
@@ -100,8 +103,11 @@ def _apply(layers, x, training):
 
 
 @keras.saving.register_keras_serializable(package="amych_tf")
-class SpectralCollapse(keras.layers.Conv2D):
-    """A Conv2D whose kernel spans the whole frequency axis, computed as one matrix product.
+class Conv2D(keras.layers.Conv2D):
+    """The spectral collapse: a Conv2D whose kernel spans the whole frequency axis, as one matrix product.
+
+    Named like Keras' layer on purpose: Keras 3 checkpoints name layers kept in
+    lists by their class, so checkpoints written before this class load unchanged.
 
     [B, T, F, C] -> [B, T, 1, filters] with kernel (1, F): the same weights and
     result as the convolution, but oneDNN's convolution kernels took ~0.3 s of
@@ -154,14 +160,14 @@ class Encoder(keras.layers.Layer):
             self.levels.append(
                 {
                     "conv": _conv_block_2d(width, 3, 1, f"level{r}"),
-                    "collapse": SpectralCollapse(
+                    "collapse": Conv2D(
                         collapse_channels, (1, num_mels // 2**r), padding="valid", name=f"level{r}_collapse"
                     ),
                     "down": _conv_block_2d(width, 2, 2, f"level{r}_down"),
                 }
             )
         self.bottleneck = _conv_block_2d(bottleneck_width, 3, 1, "bottleneck")
-        self.bottleneck_collapse = SpectralCollapse(
+        self.bottleneck_collapse = Conv2D(
             decoder_width, (1, num_mels // 2**n_pools), padding="valid", name="bottleneck_collapse"
         )
 
