@@ -46,6 +46,13 @@ setup(
         # Rendering SoundFont notes (data_tools.render_soundfont) also needs the
         # FluidSynth library: `apt-get install fluidsynth fluid-soundfont-gm`.
         "soundfont": ["pyfluidsynth>=1.3"],
+        # Data preparation on Apache Beam (`data_tools.prepare --runner=...`, data_tools.beam_prepare);
+        # Dataflow also needs `apache-beam[gcp]`. apache-beam 2.77 (the newest) caps protobuf
+        # below 7, pillow below 13 and python-dateutil below 3, so pip moves them down (to
+        # 6.33, 12.3, 2.9) from what `cpu` alone installs; tensorflow-cpu 2.21 accepts protobuf
+        # >= 6.31.1, and the tests pass on both. Not in `dev` for that reason: CI installs it
+        # after the suite and then runs tests/test_prepare_beam.py (.ci/run).
+        "beam": ["apache-beam>=2.77,<3"],
     },
     entry_points={
         "console_scripts": [

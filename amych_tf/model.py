@@ -351,8 +351,9 @@ class PlayablePrototypes(PrebuiltModel):
             # between steps; at 0 (most of training, and the paper's setting) the step skips
             # the [B, T, F] x [F, F] product.
             target, prototypes = tf.cond(self.spectral_blur > 0.0, blurred, lambda: (log_mel, prototypes))
-        per_frame = reconstruction.frame_errors(
-            target, self.shifted_prototypes(parameters["pitch_ratio"], prototypes), *_additive(parameters))
+        per_frame = reconstruction.table_frame_errors(
+            target, reconstruction.pitch_table(prototypes, self.mel_values), parameters["pitch_ratio"],
+            *_additive(parameters))
         return masked_mean_over_time(per_frame, mask), parameters
 
     def call(self, inputs, training=None, return_details=False):

@@ -5,8 +5,7 @@ R_k[b, t] (eq. 5): a [batch, time, K, mels] computation, 35M elements at batch
 32, 256 frames, K = 33, 128 mels. Written plainly (`transforms.transform`, a
 per-element gather for the pitch shift, autodiff through everything) its
 forward and backward pass alone took 4.0 s per step on 2 CPU cores (XLA).
-With the two changes below the whole training step, networks and optimizer
-included, takes 1.75 s (benchmarks/RESULTS-train.md):
+Two changes make it cheap:
 
 * **Pitch shift through a table of shifted prototypes.** Every prototype is
   shifted (exactly, `transforms.pitch_shift`) to `PITCH_TABLE_SIZE` ratios
@@ -18,18 +17,28 @@ included, takes 1.75 s (benchmarks/RESULTS-train.md):
   close to the exact interpolation in frequency (tests/test_reconstruction.py
   bounds the difference). Ratios outside the table's range are clipped to it:
   the decoders cannot produce them.
-* **One fused error with a hand-written gradient.** Gain and the two filters
-  are additive after the pitch shift (the pitch shift is an interpolation whose
-  weights sum to 1, so it commutes with adding a constant gain), so
-  R = shifted + g + L + H. `frame_errors` computes mean_f (x - R)^2 and, on the
-  way back, recomputes the residual and reduces it against each parameter's
-  derivative, without storing the filter curves.
+* **One fused, compiled error with a hand-written gradient**
+  (`table_frame_errors`). Gain and the two filters are additive after the
+  pitch shift (the pitch shift is an interpolation whose weights sum to 1, so
+  it commutes with adding a constant gain), so R = shifted + g + L + H. Two
+  XLA kernels work on chunks of `FRAMES_PER_CHUNK` frames: one computes
+  mean_f (x - R)^2 with the table lookup, both filters and the square fused
+  in one pass; the other, on the way back, recomputes the residual, reduces
+  it against each parameter's derivative and scatters it into the table's
+  rows. No [B, T, K, F] tensor is ever whole. Chunks run in parallel (XLA:CPU
+  runs each kernel on one thread), and inference compiles one shape whatever
+  the batch and clip lengths.
 
-`transforms.transform` stays the reference (and what listening uses); the
-tests check this module against it.
+Where the time went, and what each change bought, is in benchmarks/RESULTS-train.md
+(one training step went from 1.75 s to ~0.4 s on 2 cores). `frame_errors` is
+the same error written plainly (autodiff), and `transforms.transform` the
+reference of the whole composition (and what listening uses); the tests check
+this module against both.
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import tensorflow as tf
@@ -53,17 +62,28 @@ def pitch_table(prototypes: tf.Tensor, mel_values, size: int = PITCH_TABLE_SIZE,
     return transforms.pitch_shift(prototypes[None, :, :], ratios[:, None], mel_values)
 
 
+def table_rows(pitch_ratio: tf.Tensor, size: int, num_prototypes: int, log_range: float = PITCH_LOG_RANGE):
+    """Where a pitch ratio [..., K] reads a flattened table [size * K, F]: (row int32 [..., K], weight [..., K]).
+
+    The shift of prototype k by s is (1 - weight) * table[row] + weight * table[row + K]
+    (rows `lower * K + k` and `(lower + 1) * K + k` of the table's reshape to [size * K, F]).
+    Ratios outside [exp(-log_range), exp(log_range)] are clipped. `weight` carries the
+    gradient with respect to the ratio; `row` has none.
+    """
+    position = (tf.math.log(pitch_ratio) + log_range) * ((size - 1) / (2.0 * log_range))
+    position = tf.clip_by_value(position, 0.0, size - 1.0)
+    lower = tf.minimum(tf.floor(position), size - 2.0)
+    return tf.cast(lower, tf.int32) * num_prototypes + tf.range(num_prototypes), position - lower
+
+
 def table_pitch_shift(table: tf.Tensor, pitch_ratio: tf.Tensor, log_range: float = PITCH_LOG_RANGE) -> tf.Tensor:
     """Prototype k shifted by pitch_ratio [..., K]: rows of `table` [J, K, F] interpolated in log s.
 
     Returns [..., K, F]. Ratios outside [exp(-log_range), exp(log_range)] are clipped.
     """
     size, num_prototypes, num_bins = table.shape
-    position = (tf.math.log(pitch_ratio) + log_range) * ((size - 1) / (2.0 * log_range))
-    position = tf.clip_by_value(position, 0.0, size - 1.0)
-    lower = tf.minimum(tf.floor(position), size - 2.0)
-    weight = tf.expand_dims(position - lower, -1)
-    rows = tf.cast(lower, tf.int32) * num_prototypes + tf.range(num_prototypes)
+    rows, weight = table_rows(pitch_ratio, size, num_prototypes, log_range)
+    weight = tf.expand_dims(weight, -1)
     flat = tf.reshape(table, [size * num_prototypes, num_bins])
     # (1 - w) a + w b: exactly row `lower` at w = 0 (so s = 1 on a table row is exact).
     return (1.0 - weight) * tf.gather(flat, rows) + weight * tf.gather(flat, rows + num_prototypes)
@@ -93,47 +113,15 @@ def _filter_terms(num_bins, low_cutoff, high_cutoff):
 
 
 def frame_errors(x, shifted, gain, low_slope, low_cutoff, high_slope, high_cutoff):
-    """Eq. 6 before the mean over time: mean_f (x - R)^2 with R = shifted + g + L + H.
+    """Eq. 6 before the mean over time: mean_f (x - R)^2 with R = shifted + g + L + H, plainly.
 
     x [B, T, F]; shifted [B, T, K, F] (the pitch-shifted prototypes); the
-    parameters [B, T, K]. Returns [B, T, K]. Gradients flow to `shifted` and
-    to every parameter, not to x (the data).
+    parameters [B, T, K]. Returns [B, T, K]; gradients by autodiff. The
+    reference of `table_frame_errors`, which the model uses (the tests compare
+    the two, values and gradients).
     """
-    num_bins = x.shape[-1]
-    x = tf.expand_dims(x, -2)
-    sharp = transforms.FILTER_SHARPNESS
-
-    # x is data: closed over, so the custom gradient has no gradient to return for it.
-    @tf.custom_gradient
-    def errors(shifted, gain, low_slope, low_cutoff, high_slope, high_cutoff):
-        def residual():
-            z_low, z_high = _filter_terms(num_bins, low_cutoff, high_cutoff)
-            # Written as a chain of subtractions: x - (shifted + g + L + H) made
-            # XLA's CPU code 1.6x slower (measured).
-            residual = (
-                x - shifted - tf.expand_dims(gain, -1)
-                - tf.expand_dims(low_slope, -1) * transforms.softplus_sharp(z_low)
-                - tf.expand_dims(high_slope, -1) * transforms.softplus_sharp(z_high)
-            )
-            return residual, z_low, z_high
-
-        def gradient(upstream):
-            # Recompute rather than keep [B, T, K, F] intermediates alive.
-            r, z_low, z_high = residual()
-            d_reconstruction = (-2.0 / num_bins) * r * tf.expand_dims(upstream, -1)
-            # d softplus_10(z) / dz = sigmoid(10 z); dz/dcutoff = -2 (low), +2 (high).
-            return (
-                d_reconstruction,
-                tf.reduce_sum(d_reconstruction, -1),
-                tf.reduce_sum(d_reconstruction * transforms.softplus_sharp(z_low), -1),
-                -2.0 * tf.reduce_sum(d_reconstruction * tf.expand_dims(low_slope, -1) * tf.sigmoid(sharp * z_low), -1),
-                tf.reduce_sum(d_reconstruction * transforms.softplus_sharp(z_high), -1),
-                2.0 * tf.reduce_sum(d_reconstruction * tf.expand_dims(high_slope, -1) * tf.sigmoid(sharp * z_high), -1),
-            )
-
-        return tf.reduce_mean(tf.square(residual()[0]), axis=-1), gradient
-
-    return errors(shifted, gain, low_slope, low_cutoff, high_slope, high_cutoff)
+    residual = tf.expand_dims(x, -2) - reconstructions(shifted, gain, low_slope, low_cutoff, high_slope, high_cutoff)
+    return tf.reduce_mean(tf.square(residual), axis=-1)
 
 
 def reconstructions(shifted, gain, low_slope, low_cutoff, high_slope, high_cutoff) -> tf.Tensor:
@@ -145,3 +133,168 @@ def reconstructions(shifted, gain, low_slope, low_cutoff, high_slope, high_cutof
         + tf.expand_dims(low_slope, -1) * transforms.softplus_sharp(z_low)
         + tf.expand_dims(high_slope, -1) * transforms.softplus_sharp(z_high)
     )
+
+
+# ---------------------------------------------------------------------------
+# The fused, compiled error of training and inference.
+
+# Frames per call of the compiled kernels. Inputs are cut into chunks of this many
+# frames (the last one padded), so XLA compiles one shape whatever the batch and clip
+# lengths, the chunks' [frames, K, F] temporaries stay small (4.3 MB each at K = 33,
+# F = 128; peak memory was the same at 128 frames and 20 MB higher at 512), and
+# independent chunks run on every core at once (XLA:CPU runs each kernel on one thread).
+FRAMES_PER_CHUNK = 256
+
+
+def _parallel_chunks() -> int:
+    """How many chunks run at once: the cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _sum_over_bins(values):
+    """Sum over the last axis as a product with a vector of ones: [..., F] -> [...].
+
+    XLA:CPU reduces a product of tensors over a short last axis several times
+    slower than it runs the product into a matrix-vector product (measured: 68 ms
+    against 17 ms for [8192, 33, 128]).
+    """
+    num_bins = values.shape[-1]
+    sums = tf.matmul(tf.reshape(values, [-1, num_bins]), tf.ones([num_bins, 1], values.dtype))
+    return tf.reshape(sums, tf.shape(values)[:-1])
+
+
+def _hinge(alpha, beta):
+    """softplus(s) and sigmoid(s) at s = alpha [F] + beta [..., 1], with one exp per (frame, prototype).
+
+    exp(-|s|) is exp(-+alpha) exp(-+beta): the [F] and the [..., 1] factors are
+    computed once each instead of an exp per element, which leaves one log1p per
+    element. Where a factor overflows its branch is not the one selected.
+    """
+    s = alpha + beta
+    above = s > 0.0
+    decay = tf.where(above, tf.exp(-alpha) * tf.exp(-beta), tf.exp(alpha) * tf.exp(beta))  # exp(-|s|)
+    return tf.maximum(s, 0.0) + tf.math.log1p(decay), tf.where(above, 1.0, decay) / (1.0 + decay)
+
+
+def _chunk_residual(x, flat_table, rows, weight, gain, low_slope, low_cutoff, high_slope, high_cutoff):
+    """x - R for a chunk of frames: x [n, F], the rest [n, K] -> [n, K, F], and what the gradient reuses.
+
+    R = shifted + g + L + H with L = slope_l softplus(10 z_l) / 10, z_l = -2 (u - 0.5 + c_l),
+    and H likewise with z_h = 2 (u - 0.5 + c_h) (eqs. 1-4, `transforms`).
+    """
+    num_prototypes, num_bins = rows.shape[-1], x.shape[-1]
+    sharp = transforms.FILTER_SHARPNESS
+    # 10 z_l = alpha - 20 c_l and 10 z_h = -alpha + 20 c_h, alpha = 20 (0.5 - u).
+    alpha = tf.constant(2.0 * sharp * (0.5 - np.linspace(0.0, 1.0, num_bins)), tf.float32)
+    below, above = tf.gather(flat_table, rows), tf.gather(flat_table, rows + num_prototypes)
+    w = tf.expand_dims(weight, -1)
+    low, low_sigmoid = _hinge(alpha, -2.0 * sharp * tf.expand_dims(low_cutoff, -1))
+    high, high_sigmoid = _hinge(-alpha, 2.0 * sharp * tf.expand_dims(high_cutoff, -1))
+    low, high = low / sharp, high / sharp
+    # A chain of subtractions: x - (shifted + g + L + H) made XLA's CPU code 1.6x slower (measured).
+    residual = (
+        tf.expand_dims(x, -2) - ((1.0 - w) * below + w * above) - tf.expand_dims(gain, -1)
+        - tf.expand_dims(low_slope, -1) * low - tf.expand_dims(high_slope, -1) * high
+    )
+    return residual, below, above, low, low_sigmoid, high, high_sigmoid
+
+
+@tf.function(jit_compile=True, autograph=False)
+def _chunk_errors(x, flat_table, rows, weight, gain, low_slope, low_cutoff, high_slope, high_cutoff):
+    """mean_f (x - R)^2 of a chunk: [n, K]."""
+    residual = _chunk_residual(x, flat_table, rows, weight, gain, low_slope, low_cutoff, high_slope, high_cutoff)[0]
+    return _sum_over_bins(tf.square(residual)) / x.shape[-1]
+
+
+@tf.function(jit_compile=True, autograph=False)
+def _chunk_gradients(x, flat_table, rows, weight, gain, low_slope, low_cutoff, high_slope, high_cutoff, upstream):
+    """Gradients of sum(upstream * errors) of a chunk: table [J K, F], then weight and each parameter [n, K].
+
+    The residual is recomputed rather than kept from the forward pass: one
+    [n, K, F] pass instead of [B, T, K, F] tensors alive between the passes.
+    """
+    residual, below, above, low, low_sigmoid, high, high_sigmoid = _chunk_residual(
+        x, flat_table, rows, weight, gain, low_slope, low_cutoff, high_slope, high_cutoff)
+    num_prototypes, num_bins = rows.shape[-1], x.shape[-1]
+    d_reconstruction = (-2.0 / num_bins) * tf.expand_dims(upstream, -1) * residual
+    w = tf.expand_dims(weight, -1)
+    indices = tf.expand_dims(rows, -1)
+    d_table = tf.tensor_scatter_nd_add(tf.zeros_like(flat_table), indices, (1.0 - w) * d_reconstruction)
+    d_table = tf.tensor_scatter_nd_add(d_table, indices + num_prototypes, w * d_reconstruction)
+    # One product with a vector of ones reduces all six: XLA:CPU fuses the products into
+    # it, where six reductions cost 3.5x as much (each recomputed the residual).
+    sums = _sum_over_bins(tf.stack([
+        d_reconstruction * (above - below), d_reconstruction, d_reconstruction * low,
+        d_reconstruction * low_sigmoid, d_reconstruction * high, d_reconstruction * high_sigmoid], axis=-2))
+    # d softplus_10(z) / dz = sigmoid(10 z); dz/dcutoff = -2 (low), +2 (high).
+    return (d_table, sums[..., 0], sums[..., 1], sums[..., 2], -2.0 * low_slope * sums[..., 3], sums[..., 4],
+            2.0 * high_slope * sums[..., 5])
+
+
+def _to_chunks(values, frames_per_chunk):
+    """[N, ...] -> [C, frames_per_chunk, ...], zero-padded at the end."""
+    num_frames = tf.shape(values)[0]
+    padding = -num_frames % frames_per_chunk
+    values = tf.pad(values, [[0, padding]] + [[0, 0]] * (values.shape.rank - 1))
+    return tf.reshape(values, tf.concat([[-1, frames_per_chunk], tf.shape(values)[1:]], 0))
+
+
+def table_frame_errors(x, table, pitch_ratio, gain, low_slope, low_cutoff, high_slope, high_cutoff,
+                       frames_per_chunk: int | None = None) -> tf.Tensor:
+    """Eq. 6 before the mean over time, R_k built from the pitch table: [B, T, K].
+
+    x [B, T, F]; table [J, K, F] (`pitch_table`); the parameters [B, T, K].
+    Equals `frame_errors(x, table_pitch_shift(table, pitch_ratio), ...)` (the
+    tests compare values and gradients) without its [B, T, K, F] tensors:
+    compiled kernels (XLA) compute the error, and on the way back recompute
+    the residual and reduce it against each parameter's derivative, chunk by
+    chunk of frames. Gradients flow to the table, the pitch ratio and every
+    parameter, not to x (the data).
+    """
+    size, num_prototypes, num_bins = table.shape
+    frames_per_chunk = frames_per_chunk or FRAMES_PER_CHUNK
+    rows, weight = table_rows(pitch_ratio, size, num_prototypes)
+    shape = tf.shape(gain)
+
+    def frames(values):  # [B, T, ...] -> chunks of frames [C, n, ...]
+        return _to_chunks(tf.reshape(values, tf.concat([[-1], tf.shape(values)[2:]], 0)), frames_per_chunk)
+
+    def unchunk(values):  # [C, n, K] -> [B, T, K], the padding dropped
+        return tf.reshape(tf.reshape(values, [-1, num_prototypes])[: shape[0] * shape[1]], shape)
+
+    per_frame = [frames(v) for v in (rows, weight, gain, low_slope, low_cutoff, high_slope, high_cutoff)]
+    x_chunks = frames(x)
+    chunk_spec = tf.TensorSpec([frames_per_chunk, num_prototypes], tf.float32)
+
+    # x and the rows are data and indices: closed over, so there is no gradient to return for them.
+    @tf.custom_gradient
+    def errors(flat_table, weight, gain, low_slope, low_cutoff, high_slope, high_cutoff):
+        del weight, gain, low_slope, low_cutoff, high_slope, high_cutoff  # read chunked, from per_frame
+
+        def forward(chunk):
+            return _chunk_errors(chunk[0], flat_table, *chunk[1:])
+
+        values = unchunk(tf.map_fn(forward, (x_chunks, *per_frame), fn_output_signature=chunk_spec,
+                                   parallel_iterations=_parallel_chunks()))
+
+        def gradient(upstream):
+            chunked = (x_chunks, *per_frame, frames(upstream))
+            num_chunks = tf.shape(x_chunks)[0]
+
+            # A loop that adds up the table's gradient as it goes (in chunk order, so
+            # deterministically) rather than stacking one [J K, F] per chunk; the
+            # kernels of different chunks still run in parallel.
+            def backward(i, d_table, d_per_frame):
+                d_chunk, *d_values = _chunk_gradients(chunked[0][i], flat_table, *[v[i] for v in chunked[1:]])
+                return i + 1, d_table + d_chunk, [array.write(i, d) for array, d in zip(d_per_frame, d_values)]
+
+            arrays = [tf.TensorArray(tf.float32, size=num_chunks, element_shape=chunk_spec.shape) for _ in range(6)]
+            _, d_table, arrays = tf.while_loop(
+                lambda i, *_: i < num_chunks, backward, (tf.constant(0), tf.zeros_like(flat_table), arrays),
+                parallel_iterations=_parallel_chunks())
+            return (d_table, *[unchunk(array.stack()) for array in arrays])
+
+        return values, gradient
+
+    flat = tf.reshape(table, [size * num_prototypes, num_bins])
+    return errors(flat, weight, gain, low_slope, low_cutoff, high_slope, high_cutoff)

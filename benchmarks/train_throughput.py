@@ -7,8 +7,9 @@ The paper's setting: K=33, 128 mels ('sol' features), 256-frame crops, batch 32,
 every transformation on, grouped AdamW at full learning rate for every group.
 Random log-Mels from memory (the input pipeline is measured apart, see
 pipeline_throughput.py). Times `--steps` steps of `fit` after `--warmup_steps`
-(tracing, compilation). Peak memory is the process's peak resident set size
-(ru_maxrss), so it includes TensorFlow itself (~0.5 GB).
+(tracing, compilation); it also prints the process's CPU seconds per step,
+which other jobs on the same cores change little. Peak memory is the process's peak resident set size
+(ru_maxrss), so it includes TensorFlow itself (0.60 GB after its import, measured).
 """
 
 from __future__ import annotations
@@ -50,10 +51,11 @@ flags.DEFINE_boolean("append_results", False, f"Append a row to {RESULTS_PATH}."
 class StepTimer(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
-        self.times = []
+        self.times, self.cpu_times = [], []
 
     def on_train_batch_end(self, batch, logs=None):
         self.times.append(time.perf_counter())
+        self.cpu_times.append(time.process_time())
 
 
 def main(argv):
@@ -81,9 +83,12 @@ def main(argv):
     first_step = timer.times[0] - start
     seconds_per_step = (timer.times[-1] - timer.times[FLAGS.warmup_steps - 1]) / FLAGS.steps
     examples_per_second = FLAGS.batch_size / seconds_per_step
+    # CPU seconds of this process per step: what a step costs when other jobs share the cores.
+    cpu_per_step = (timer.cpu_times[-1] - timer.cpu_times[FLAGS.warmup_steps - 1]) / FLAGS.steps
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     machine = f"{os.cpu_count()} CPU, {platform.machine()}"
-    print(f"train throughput: {examples_per_second:.1f} examples/s ({seconds_per_step:.3f} s/step; first step "
+    print(f"train throughput: {examples_per_second:.1f} examples/s ({seconds_per_step:.3f} s/step, "
+          f"{cpu_per_step:.3f} CPU-s/step; first step "
           f"{first_step:.1f} s; peak RSS {peak_gb:.2f} GB; K={FLAGS.num_prototypes}, {features.n_mels} mels, "
           f"{FLAGS.frames} frames, batch {FLAGS.batch_size}, whole-step XLA {FLAGS.jit_compile}; {machine})")
     if FLAGS.append_results:

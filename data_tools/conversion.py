@@ -10,6 +10,9 @@
      process with `amych_tf.spectral.log_mel`, the front end the model uses;
   4. write the shards, manifest.csv, skipped.csv and dataset_info.json
      (`DatasetWriter`).
+`data_tools.beam_prepare` runs step 3 as an Apache Beam pipeline and shares
+steps 1, 2 and 4 and the per-clip encoding (`plan_clips`, `ClipEncoder`,
+`commit_dataset`) with this module, so both write the same bytes.
 
 Decisions:
   * Reproducible: files are sorted by relative path before anything random
@@ -45,6 +48,7 @@ import dataclasses
 import multiprocessing
 import os
 import re
+import shutil
 import sys
 import time
 import zlib
@@ -78,6 +82,10 @@ _TEMP_NAME = re.compile(
     r"^(?:(?:%s)-\d{5}\.tfrecord|%s|%s)\.tmp-(\d+)$"
     % ("|".join(data.SPLITS), re.escape(data.MANIFEST_FILENAME), re.escape(data.SKIPPED_FILENAME))
 )
+# The directory where a Beam run's workers stage shards (data_tools.beam_prepare),
+# suffixed with the id of the process that launched the pipeline.
+STAGING_DIR_PREFIX = ".staging.tmp-"
+_STAGING_DIR_NAME = re.compile(r"^%s(\d+)$" % re.escape(STAGING_DIR_PREFIX))
 
 
 class PrepareError(Exception):
@@ -278,6 +286,7 @@ class DatasetWriter:
         self._counts = {split: 0 for split in data.SPLITS}
         self._writers: dict[str, tf.io.TFRecordWriter] = {}
         self._temp_paths: list[str] = []
+        self._staging_dirs: list[str] = []
 
     @property
     def num_shards(self) -> dict[str, int]:
@@ -287,6 +296,19 @@ class DatasetWriter:
         path = os.path.join(self.out_dir, name + self._temp_suffix)
         self._temp_paths.append(path)
         return path
+
+    def staging_dir(self) -> str:
+        """A directory inside `out_dir` for shards written by other processes (Beam workers); created
+        here, deleted by `discard` (and by the next writer of `out_dir` if this process is killed)."""
+        path = os.path.join(self.out_dir, f"{STAGING_DIR_PREFIX}{os.getpid()}")
+        os.makedirs(path)
+        self._staging_dirs.append(path)
+        return path
+
+    def add_staged_shard(self, split: str, path: str) -> None:
+        """Take the complete shard file `path` as the next shard of `split` (renamed by `commit`)."""
+        self._shards[split].append(path)
+        self._temp_paths.append(path)
 
     def write(self, split: str, serialized_example: bytes) -> None:
         """Append one example to `split`, starting a new shard every `shard_size` examples."""
@@ -340,6 +362,8 @@ class DatasetWriter:
         for path in self._temp_paths:
             if os.path.exists(path):
                 os.remove(path)
+        for path in self._staging_dirs:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _remove_files_of_dead_writers(out_dir: str) -> None:
@@ -351,6 +375,9 @@ def _remove_files_of_dead_writers(out_dir: str) -> None:
         dead = match and not _is_running(int(match[1]))
         if dead or name == data.INFO_FILENAME + ".tmp":  # DatasetInfo.save's temp, renamed at once when complete
             os.remove(os.path.join(out_dir, name))
+        match = _STAGING_DIR_NAME.match(name)
+        if match and not _is_running(int(match[1])):
+            shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
 
 
 def _is_running(pid: int) -> bool:
@@ -363,7 +390,7 @@ def _is_running(pid: int) -> bool:
     return True
 
 
-def _versions() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
     """Versions of everything that shapes the stored bytes (no timestamps: re-runs are identical)."""
     return {
         "amych_tf": amych_tf.__version__,
@@ -376,7 +403,7 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _check_arguments(
+def check_arguments(
     audio_dir, out_dir, layout, num_classes, sol_classes, seed, num_workers, shard_size, storage_dtype
 ) -> None:
     """Raise PrepareError on any invalid argument, before any work is done."""
@@ -421,39 +448,76 @@ def _keep_top_speakers(discovery, audio_dir, num_classes, pool, num_workers, sho
     return kept
 
 
-@dataclasses.dataclass
-class _Converted:
-    """What `_convert` wrote, for the manifest, skipped.csv and dataset_info.json."""
+class Converted:
+    """What the conversion produced, for the manifest, skipped.csv and dataset_info.json."""
 
-    manifest_rows: list[tuple]
-    skipped_rows: list[tuple]
-    class_counts: dict[str, dict[str, int]]  # split -> class name -> examples
-    skipped_per_class: dict[str, collections.Counter]  # class name -> reason kind -> files
+    def __init__(self, class_names: list[str]):
+        self.manifest_rows: list[tuple] = []
+        self.skipped_rows: list[tuple] = []
+        self.class_counts = {split: dict.fromkeys(class_names, 0) for split in data.SPLITS}  # split -> class -> examples
+        self.skipped_per_class = {name: collections.Counter() for name in class_names}  # class -> reason kind -> files
+
+    def add_example(self, clip: PlannedClip, manifest_row: tuple) -> None:
+        self.manifest_rows.append(manifest_row)
+        self.class_counts[clip.split][clip.class_name] += 1
+
+    def add_skipped(self, clip: PlannedClip, kind: str, reason: str) -> None:
+        self.skipped_rows.append((clip.path, reason))
+        self.skipped_per_class[clip.class_name][kind] += 1
 
     @property
     def skipped_by_reason(self) -> collections.Counter:
         return sum(self.skipped_per_class.values(), collections.Counter())
 
 
+class ClipEncoder:
+    """A decoded clip -> its serialized tf.train.Example and manifest.csv row.
+
+    The one place where stored log-Mels are computed, with `spectral.log_mel`
+    (the model's front end), for the local path and the Beam pipeline
+    (data_tools.beam_prepare) alike.
+    """
+
+    def __init__(self, features: FeatureConfig, storage_dtype: str, waveform: dict[str, int] | None = None):
+        """`waveform` ({"sample_rate", "num_samples"} or None): also store each clip's
+        `audio.fixed_length_waveform`, from its samples before tiling."""
+        self.storage_dtype = storage_dtype
+        self.sample_rate = features.sample_rate
+        self.waveform = waveform
+
+        # One trace for every clip length. A closure, not functools.partial: a partial's
+        # keyword (the config) becomes part of the call signature and is re-hashed per call.
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)], autograph=False)
+        def compute_log_mel(waveform):
+            return spectral.log_mel(waveform, features)
+
+        self._compute_log_mel = compute_log_mel
+
+    def __call__(self, clip: PlannedClip, loaded: audio.Clip) -> tuple[bytes, tuple]:
+        log_mel = self._compute_log_mel(loaded.waveform).numpy()
+        midi_note = layouts.midi_note_from_filename(clip.path)
+        fixed_waveform = None
+        if self.waveform is not None:
+            untiled = loaded.waveform[: max(1, round(loaded.source_duration * self.sample_rate))]
+            fixed_waveform = audio.fixed_length_waveform(
+                untiled, self.sample_rate, self.waveform["sample_rate"], self.waveform["num_samples"]
+            )
+        example = data.encode_example(
+            log_mel, label=clip.label, class_name=clip.class_name, path=clip.path, storage_dtype=self.storage_dtype,
+            midi_note=midi_note, waveform=fixed_waveform,
+        )
+        manifest_row = (
+            clip.split, clip.label, clip.class_name, clip.path, f"{loaded.source_duration:.6f}", log_mel.shape[0],
+            midi_note,
+        )
+        return example, manifest_row
+
+
 def _convert(plan, class_names, audio_dir, features, storage_dtype, writer, pool, num_workers, show_progress,
              waveform=None):
-    """Decode every planned file (in `pool`), compute its log-Mel here and write it to `writer`.
-
-    `waveform` ({"sample_rate", "num_samples"} or None): also store each clip's
-    `audio.fixed_length_waveform`, from its samples before tiling.
-    """
-    # One trace for every clip length. A closure, not functools.partial: a partial's
-    # keyword (the config) becomes part of the call signature and is re-hashed per call.
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)], autograph=False)
-    def compute_log_mel(waveform):
-        return spectral.log_mel(waveform, features)
-
-    converted = _Converted(
-        manifest_rows=[],
-        skipped_rows=[],
-        class_counts={split: dict.fromkeys(class_names, 0) for split in data.SPLITS},
-        skipped_per_class={name: collections.Counter() for name in class_names},
-    )
+    """Decode every planned file (in `pool`), compute its log-Mel here and write it to `writer`."""
+    encode = ClipEncoder(features, storage_dtype, waveform)
+    converted = Converted(class_names)
     min_samples = features.num_samples(data.MIN_FRAMES)
     tasks = ((os.path.join(audio_dir, clip.path), features.sample_rate, min_samples) for clip in plan)
     outcomes = _map_in_order(audio.load_clip_or_reason, tasks, pool, CLIPS_IN_FLIGHT_PER_WORKER * num_workers)
@@ -461,30 +525,15 @@ def _convert(plan, class_names, audio_dir, features, storage_dtype, writer, pool
     for clip, outcome in zip(plan, outcomes):
         progress.advance()
         if isinstance(outcome, audio.UnusableAudio):
-            converted.skipped_rows.append((clip.path, str(outcome)))
-            converted.skipped_per_class[clip.class_name][outcome.kind] += 1
+            converted.add_skipped(clip, outcome.kind, str(outcome))
             continue
-        log_mel = compute_log_mel(outcome.waveform).numpy()
-        midi_note = layouts.midi_note_from_filename(clip.path)
-        fixed_waveform = None
-        if waveform is not None:
-            untiled = outcome.waveform[: max(1, round(outcome.source_duration * features.sample_rate))]
-            fixed_waveform = audio.fixed_length_waveform(untiled, features.sample_rate, waveform["sample_rate"],
-                                                         waveform["num_samples"])
-        example = data.encode_example(
-            log_mel, label=clip.label, class_name=clip.class_name, path=clip.path, storage_dtype=storage_dtype,
-            midi_note=midi_note, waveform=fixed_waveform,
-        )
+        example, manifest_row = encode(clip, outcome)
         writer.write(clip.split, example)
-        converted.manifest_rows.append(
-            (clip.split, clip.label, clip.class_name, clip.path, f"{outcome.source_duration:.6f}", log_mel.shape[0],
-             midi_note)
-        )
-        converted.class_counts[clip.split][clip.class_name] += 1
+        converted.add_example(clip, manifest_row)
     return converted
 
 
-def _check_usable(converted: _Converted, num_planned: int) -> None:
+def check_usable(converted: Converted, num_planned: int) -> None:
     """Raise if nothing, or nothing of some class, could be used."""
     if not converted.manifest_rows:
         raise NoUsableFilesError(
@@ -543,11 +592,38 @@ def prepare_dataset(
       NoUsableFilesError, EmptyClassError: nothing written in that case.
     """
     start = time.monotonic()
-    _check_arguments(audio_dir, out_dir, layout, num_classes, sol_classes, seed, num_workers, shard_size, storage_dtype)
-    if waveform is not None:
-        waveform = {"sample_rate": int(waveform["sample_rate"]), "num_samples": int(waveform["num_samples"])}
-        if waveform["sample_rate"] < 1 or waveform["num_samples"] < 1:
-            raise PrepareError(f"the stored waveform needs a positive sample rate and length, got {waveform}")
+    check_arguments(audio_dir, out_dir, layout, num_classes, sol_classes, seed, num_workers, shard_size, storage_dtype)
+    waveform = checked_waveform(waveform)
+    with _worker_pool(num_workers) as pool:
+        discovery, plan = plan_clips(
+            audio_dir, layout, num_classes=num_classes, sol_classes=sol_classes, seed=seed, pool=pool,
+            num_workers=num_workers, show_progress=show_progress,
+        )
+        with dataset_writer(out_dir, shard_size) as writer:
+            converted = _convert(
+                plan, discovery.class_names, audio_dir, features, storage_dtype,
+                writer, pool, num_workers, show_progress, waveform=waveform,
+            )
+            return commit_dataset(
+                writer, converted, discovery, plan, layout=layout, features=features, seed=seed,
+                storage_dtype=storage_dtype, versions=library_versions(), start=start, waveform=waveform,
+            )
+
+
+def checked_waveform(waveform: dict[str, int] | None) -> dict[str, int] | None:
+    """The `waveform` argument of prepare_dataset, as ints; PrepareError if not positive."""
+    if waveform is None:
+        return None
+    waveform = {"sample_rate": int(waveform["sample_rate"]), "num_samples": int(waveform["num_samples"])}
+    if waveform["sample_rate"] < 1 or waveform["num_samples"] < 1:
+        raise PrepareError(f"the stored waveform needs a positive sample rate and length, got {waveform}")
+    return waveform
+
+
+def plan_clips(
+    audio_dir: str, layout: str, *, num_classes, sol_classes, seed, pool=None, num_workers=1, show_progress=False
+) -> tuple[layouts.Discovery, list[PlannedClip]]:
+    """Discover the classes and files (LibriSpeech: keep the top speakers) and split them: steps 1-2."""
     discovery = layouts.discover(layout, audio_dir, sol_classes=sol_classes)
     if discovery.num_files == 0:
         for warning in discovery.warnings:
@@ -557,46 +633,64 @@ def prepare_dataset(
             f"no audio files ({', '.join(audio.AUDIO_EXTENSIONS)}) found under {audio_dir!r} in the {layout} layout "
             f"({layouts.LAYOUT_DESCRIPTIONS[layout]}){ignored}"
         )
-    with _worker_pool(num_workers) as pool:
-        if layout == "librispeech":
-            discovery = _keep_top_speakers(
-                discovery, audio_dir, num_classes or DEFAULT_LIBRISPEECH_CLASSES, pool, num_workers, show_progress
-            )
-        for warning in discovery.warnings:
-            logging.warning(warning)
-        plan = assign_splits(discovery, seed)
-        created_out_dir = not os.path.isdir(out_dir)
-        os.makedirs(out_dir, exist_ok=True)
-        writer = DatasetWriter(out_dir, shard_size)
-        committed = False
-        try:
-            converted = _convert(
-                plan, discovery.class_names, audio_dir, features, storage_dtype,
-                writer, pool, num_workers, show_progress, waveform=waveform,
-            )
-            _check_usable(converted, len(plan))
-            split_counts = {split: sum(counts.values()) for split, counts in converted.class_counts.items()}
-            info = data.DatasetInfo(
-                features=features,
-                class_names=list(discovery.class_names),
-                split_counts=split_counts,
-                num_shards=writer.num_shards,
-                storage_dtype=storage_dtype,
-                layout=layout,
-                seed=seed,
-                class_counts=converted.class_counts,
-                num_skipped=len(converted.skipped_rows),
-                versions=_versions(),
-                waveform=waveform,
-            )
-            writer.commit(info, converted.manifest_rows, sorted(converted.skipped_rows))
-            committed = True
-        finally:
-            writer.discard()
-            if not committed and created_out_dir and not os.listdir(out_dir):
-                os.rmdir(out_dir)  # a failed first run leaves no trace
+    if layout == "librispeech":
+        discovery = _keep_top_speakers(
+            discovery, audio_dir, num_classes or DEFAULT_LIBRISPEECH_CLASSES, pool, num_workers, show_progress
+        )
+    for warning in discovery.warnings:
+        logging.warning(warning)
+    return discovery, assign_splits(discovery, seed)
+
+
+@contextlib.contextmanager
+def dataset_writer(out_dir: str, shard_size: int) -> Iterator[DatasetWriter]:
+    """A DatasetWriter for `out_dir` (created if needed) whose temp files are deleted when the block
+    ends; a block that fails before `commit` in a directory it created leaves no directory."""
+    created_out_dir = not os.path.isdir(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    writer = DatasetWriter(out_dir, shard_size)
+    try:
+        yield writer
+    finally:
+        writer.discard()
+        if created_out_dir and not os.listdir(out_dir):
+            os.rmdir(out_dir)  # a failed first run leaves no trace
+
+
+def commit_dataset(
+    writer: DatasetWriter,
+    converted: Converted,
+    discovery: layouts.Discovery,
+    plan: list[PlannedClip],
+    *,
+    layout: str,
+    features: FeatureConfig,
+    seed: int,
+    storage_dtype: str,
+    versions: dict[str, str],
+    start: float,
+    waveform: dict[str, int] | None = None,
+) -> PrepareSummary:
+    """Check that every class has a usable file, then commit the shards, manifest.csv, skipped.csv
+    and dataset_info.json: step 4. `converted.manifest_rows` must be in plan order."""
+    check_usable(converted, len(plan))
+    split_counts = {split: sum(counts.values()) for split, counts in converted.class_counts.items()}
+    info = data.DatasetInfo(
+        features=features,
+        class_names=list(discovery.class_names),
+        split_counts=split_counts,
+        num_shards=writer.num_shards,
+        storage_dtype=storage_dtype,
+        layout=layout,
+        seed=seed,
+        class_counts=converted.class_counts,
+        num_skipped=len(converted.skipped_rows),
+        versions=versions,
+        waveform=waveform,
+    )
+    writer.commit(info, converted.manifest_rows, sorted(converted.skipped_rows))
     return PrepareSummary(
-        out_dir=out_dir,
+        out_dir=writer.out_dir,
         layout=layout,
         features=features,
         storage_dtype=storage_dtype,

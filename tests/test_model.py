@@ -317,3 +317,19 @@ def test_curriculum_anneals_the_blur_after_the_pitch_warm_up():
     assert stages[:10] == ["raw", "gain", "gain", "pitch"] + ["pitch"] * 5 + ["filters"]
     assert widths[:6] == [4.0] * 6  # raw, gain and the pitch warm-up
     assert widths[6:12] == pytest.approx([3.0, 2.0, 1.0, 0.0, 0.0, 0.0])
+
+
+def test_checkpoint_layout_is_unchanged_by_the_fast_layers(tmp_path):
+    """networks' fused batch norm and matmul spectral collapse keep Keras' layer names in
+    checkpoints (Keras 3 names layers kept in lists by class), so older checkpoints load."""
+    import h5py
+
+    model = tiny_model()
+    path = str(tmp_path / "w.weights.h5")
+    model.save_weights(path)
+    names = []
+    with h5py.File(path) as f:
+        f.visit(names.append)
+    assert "encoder/levels/container/conv2d/vars" in names  # level 0's spectral collapse
+    assert "encoder/levels/container/container/batch_normalization/vars" in names  # level 0's batch norm
+    assert not any("spectral_collapse" in n or "fused_batch" in n for n in names)

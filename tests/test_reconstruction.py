@@ -44,7 +44,7 @@ def test_frame_errors_equal_numpy():
     np.testing.assert_allclose(got.numpy(), numpy_frame_errors(x, shifted, p), rtol=1e-5, atol=1e-7)
 
 
-def test_hand_written_gradient_equals_autodiff_of_the_reference():
+def test_frame_errors_gradient_equals_autodiff_of_the_transforms():
     rng = np.random.default_rng(1)
     x = tf.constant(rng.normal(0.5, 0.1, (B, T, F)), tf.float32)
     shifted = tf.constant(rng.normal(0.5, 0.1, (B, T, K, F)), tf.float32)
@@ -60,13 +60,47 @@ def test_hand_written_gradient_equals_autodiff_of_the_reference():
 
     with tf.GradientTape(persistent=True) as tape:
         tape.watch([shifted, *p.values()])
-        fast = tf.reduce_sum(weights * reconstruction.frame_errors(x, shifted, *[p[n] for n in names]))
+        plain = tf.reduce_sum(weights * reconstruction.frame_errors(x, shifted, *[p[n] for n in names]))
         slow = tf.reduce_sum(weights * reference(shifted, p))
-    np.testing.assert_allclose(fast.numpy(), slow.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(plain.numpy(), slow.numpy(), rtol=1e-5)
     for target in [shifted, *[p[n] for n in names]]:
-        g_fast, g_slow = tape.gradient(fast, target).numpy(), tape.gradient(slow, target).numpy()
-        assert np.all(np.isfinite(g_fast)) and np.abs(g_fast).max() > 0
-        np.testing.assert_allclose(g_fast, g_slow, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(tape.gradient(plain, target).numpy(), tape.gradient(slow, target).numpy(),
+                                   rtol=1e-4, atol=1e-6)
+
+
+def test_fused_table_errors_and_gradients_equal_the_plain_formulation():
+    """table_frame_errors (compiled kernels, hand-written gradient) against autodiff through
+    frame_errors(table_pitch_shift(...)) and the NumPy errors, over several chunks of frames,
+    the last one padded."""
+    rng = np.random.default_rng(5)
+    batch, frames = 3, 7  # 21 frames: chunks of 8 frames, the last 5 of them padding
+    prototypes = tf.Variable(smooth_prototypes(rng))
+    x_np = rng.normal(0.5, 0.1, (batch, frames, F))
+    x = tf.constant(x_np, tf.float32)
+    ratio = tf.Variable(np.exp(rng.uniform(-1.2, 1.2, (batch, frames, K))), dtype=tf.float32)  # some clipped
+    p_np = random_parameters(rng, (batch, frames, K))
+    p = {n: tf.Variable(v, dtype=tf.float32) for n, v in p_np.items()}
+    names = ("gain", "low_slope", "low_cutoff", "high_slope", "high_cutoff")
+    weights = tf.constant(rng.random((batch, frames, K)), tf.float32)
+    sources = [prototypes, ratio, *[p[n] for n in names]]
+
+    with tf.GradientTape(persistent=True) as tape:
+        table = reconstruction.pitch_table(tf.convert_to_tensor(prototypes), SOL.mel_values())
+        fused = reconstruction.table_frame_errors(x, table, ratio, *[p[n] for n in names], frames_per_chunk=8)
+        shifted = reconstruction.table_pitch_shift(table, ratio)
+        plain = reconstruction.frame_errors(x, shifted, *[p[n] for n in names])
+        fused_loss, plain_loss = tf.reduce_sum(weights * fused), tf.reduce_sum(weights * plain)
+    np.testing.assert_allclose(fused.numpy(), numpy_frame_errors(x_np, shifted.numpy(), p_np), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(fused.numpy(), plain.numpy(), rtol=1e-5, atol=1e-7)
+    for source in sources:
+        g_fused, g_plain = tape.gradient(fused_loss, source).numpy(), tape.gradient(plain_loss, source).numpy()
+        assert np.all(np.isfinite(g_fused)) and np.abs(g_fused).max() > 0
+        # atol: the ratio's gradient sums d * (above - below), which cancels, in another order.
+        np.testing.assert_allclose(g_fused, g_plain, rtol=1e-4, atol=3e-5 * np.abs(g_plain).max())
+    # Each frame's error is its own: computed alone, in another chunk position, it is the same.
+    alone = reconstruction.table_frame_errors(x[1:2], table, ratio[1:2], *[p[n][1:2] for n in names],
+                                              frames_per_chunk=8)
+    np.testing.assert_allclose(alone.numpy(), fused.numpy()[1:2], rtol=1e-6, atol=1e-8)
 
 
 def smooth_prototypes(rng, num=K):

@@ -40,7 +40,7 @@ Decisions (the thesis leaves these open):
     pass (the thesis' second step sees the weights after the first). With one optimiser on
     the sum, the summed squared error (~70-450 per clip) dominates the shared Adam moments
     over the cross-entropy (~2); on the demo, training accuracy after 3 epochs was 17% with
-    one optimiser and 23% with two (benchmarks/RESULTS.md, section (d)).
+    one optimiser and 23% with two (benchmarks/RESULTS.md, section (e)).
   * Outside training (and in test_step) z = mean: evaluation and listening are
     deterministic; the classifier also reads the mean then.
   * Batch normalisation after every layer as the thesis, momentum 0.9 as the other baselines.
