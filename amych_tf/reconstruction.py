@@ -38,6 +38,7 @@ this module against both.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -145,6 +146,26 @@ def reconstructions(shifted, gain, low_slope, low_cutoff, high_slope, high_cutof
 # independent chunks run on every core at once (XLA:CPU runs each kernel on one thread).
 FRAMES_PER_CHUNK = 256
 
+# Whether `table_frame_errors` uses its XLA kernels; read when a function is traced.
+_compiled_kernels = True
+
+
+@contextlib.contextmanager
+def portable_kernels():
+    """Trace `table_frame_errors` as plain TensorFlow ops (no XLA) inside this block.
+
+    For graphs that leave the process: a SavedModel whose functions must be
+    compiled with XLA runs in TF Serving only behind its experimental XLA flag,
+    so `amych_tf.export` traces its signatures in this block. Same values (the
+    tests compare); only functions traced inside the block are affected.
+    """
+    global _compiled_kernels
+    previous, _compiled_kernels = _compiled_kernels, False
+    try:
+        yield
+    finally:
+        _compiled_kernels = previous
+
 
 def _parallel_chunks() -> int:
     """How many chunks run at once: the cores this process may use."""
@@ -251,6 +272,9 @@ def table_frame_errors(x, table, pitch_ratio, gain, low_slope, low_cutoff, high_
     chunk of frames. Gradients flow to the table, the pitch ratio and every
     parameter, not to x (the data).
     """
+    if not _compiled_kernels:
+        return frame_errors(x, table_pitch_shift(table, pitch_ratio), gain, low_slope, low_cutoff, high_slope,
+                            high_cutoff)
     size, num_prototypes, num_bins = table.shape
     frames_per_chunk = frames_per_chunk or FRAMES_PER_CHUNK
     rows, weight = table_rows(pitch_ratio, size, num_prototypes)

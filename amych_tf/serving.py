@@ -236,10 +236,7 @@ def export_model(model, export_dir: str, *, classes=None, version: int | None = 
     Written to a temporary sibling and renamed when complete: a failed export
     leaves nothing behind, and TF Serving never sees a half-written version.
     """
-    import keras
-    import tensorflow as tf
-
-    from amych_tf import data, evaluation
+    from amych_tf import evaluation, reconstruction
 
     if not model.exportable:
         raise ExportError(f"{type(model).__name__} cannot be exported for serving (PlayablePrototypes only)")
@@ -252,6 +249,18 @@ def export_model(model, export_dir: str, *, classes=None, version: int | None = 
     class_names = list(model.class_names or [f"class{c}" for c in range(model.num_classes)])
     graph = ServingGraph(model, classes, class_names)
     records = warmup_requests(model.feature_config)  # before any output: it may fail on a missing package
+
+    with reconstruction.portable_kernels():  # TF Serving runs no XLA-only functions by default
+        return _write_archive(model, graph, records, export_dir, version, final, classes, class_names, source,
+                              verbose)
+
+
+def _write_archive(model, graph, records, export_dir, version, final, classes, class_names, source, verbose):
+    """The SavedModel, TF Serving's warm-up requests and our metadata, staged and renamed (export_model)."""
+    import keras
+    import tensorflow as tf
+
+    from amych_tf import data
 
     archive = keras.export.ExportArchive()
     archive.track(model)

@@ -76,6 +76,17 @@ def run_cli(*args):
                           cwd=REPO, timeout=300)
 
 
+def xla_only_functions(saved_model_dir: str) -> list[str]:
+    """Names of the SavedModel's functions that must be compiled with XLA (`_XlaMustCompile`)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved_model = saved_model_pb2.SavedModel()
+    with open(os.path.join(saved_model_dir, "saved_model.pb"), "rb") as f:
+        saved_model.ParseFromString(f.read())
+    return [function.signature.name for graph in saved_model.meta_graphs for function in graph.graph_def.library.function
+            if "_XlaMustCompile" in function.attr and function.attr["_XlaMustCompile"].b]
+
+
 def keras_outputs(model, waveform):
     """What evaluate computes: prepare's tiling to 16 frames, log-Mel, tile-padding to 16 frames, the model."""
     min_samples = FEATURES.num_samples(data.MIN_FRAMES)
@@ -94,6 +105,7 @@ def test_exported_model_serves_without_amych_tf(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(os.listdir(export_dir)) == ["1"]  # TF Serving's layout, no staging left behind
     version_dir = os.path.join(export_dir, "1")
+    assert xla_only_functions(version_dir) == []  # TF Serving runs these only behind an experimental flag
     with open(os.path.join(version_dir, "assets.extra", serving.METADATA_FILENAME)) as f:
         metadata = json.load(f)
     assert metadata["feature_config"] == FEATURES.to_dict() and metadata["prototype_classes"] == [0, 1, 2]
