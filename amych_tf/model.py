@@ -63,9 +63,12 @@ def distributed_logs(logs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
 
     Keras 3 reduces every log with strategy.reduce("MEAN", value, axis=0) under
     multi-worker training, which fails on scalars (tensorflow/tensorflow#72388):
-    give each a leading axis of 1 there.
+    give each a leading axis of 1 there. With a single replica (one worker, one
+    device) the reduce keeps that axis, and callbacks would get [1]-shaped logs,
+    so scalars stay scalars then.
     """
-    if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+    strategy = tf.distribute.get_strategy()
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and strategy.num_replicas_in_sync > 1:
         return {name: tf.reshape(value, [1]) for name, value in logs.items()}
     return logs
 

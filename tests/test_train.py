@@ -337,23 +337,25 @@ def free_ports(count):
     return ports
 
 
-def test_two_workers_on_localhost_complete_a_short_run(tiny_data, tmp_path):
-    ports = free_ports(2)
+@pytest.mark.parametrize("num_workers", [1, 2])
+def test_workers_on_localhost_complete_a_short_run(tiny_data, tmp_path, num_workers):
+    """One worker too: its single replica's logs must reach the callbacks as scalars."""
+    ports = free_ports(num_workers)
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     model_dir = str(tmp_path / "run")
     args = [sys.executable, "-m", "amych_tf.train", f"--data_dir={tiny_data}", f"--model_dir={model_dir}",
             "--batch_size=8", "--eval_batch_size=8", "--train_frames=32", "--epochs=2", "--patience=1",
             "--warmup_steps=2", "--media_freq=0", "--verbose=0", "--init_examples=24"]
     processes = []
-    for index in range(2):
+    for index in range(num_workers):
         env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
         processes.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outputs = [process.communicate(timeout=600) for process in processes]
     for process, (_, stderr) in zip(processes, outputs):
         assert process.returncode == 0, stderr[-3000:]
-    assert "MultiWorkerMirroredStrategy with 2 replica(s)" in outputs[0][1]
+    assert f"MultiWorkerMirroredStrategy with {num_workers} replica(s)" in outputs[0][1]
     assert os.path.exists(os.path.join(model_dir, "metrics.json"))
-    assert os.path.exists(os.path.join(model_dir, "workers", "worker-1", "metrics.json"))
+    assert os.path.exists(os.path.join(model_dir, "workers", "worker-1", "metrics.json")) == (num_workers == 2)
 
 
 def test_unsupervised_run_maps_clusters_to_classes_and_exports(tiny_data, tmp_path):
