@@ -49,7 +49,7 @@ def run_training(**values):
     FLAGS(["train"])
     with flagsaver.flagsaver(**values):
         config = train.config_from_flags()
-        return trainer.train(config, trainer.check(config))
+        return trainer.train(config, trainer.check(config), flags_text=FLAGS.flags_into_string())  # as the CLI does
 
 
 def check_flags_error(**values):
