@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import numpy as np
 
@@ -280,16 +279,7 @@ def train(config, info, flags_text: str | None = None) -> dict:
     backup = resume.TrainingBackup(run_dir.backup, tracked=tracked)
     run_callbacks += [*selecting, stopping, keras.callbacks.TensorBoard(run_dir.logs), latest, backup]
 
-    start = time.time()
-    history = model.fit(train_data, epochs=config.epochs, validation_data=validation_data, shuffle=False,
-                        validation_freq=config.validation_freq, callbacks=run_callbacks, verbose=config.verbose)
-    train_seconds = time.time() - start
-    budget = {"max_epochs": config.epochs, "epochs_run": len(history.history.get("loss", [])),
-              "cpu_seconds_at_end_of_training": round(time.process_time(), 1)}
-    if config.cpu_budget:
-        budget["cpu_budget_seconds"] = config.cpu_budget
-    else:
-        budget["patience"] = config.patience
+    train_seconds, budget = trainer.fit_with_budget(model, config, train_data, validation_data, run_callbacks)
     budget["selected_epoch"] = {callback.monitor: callback.best_epoch for callback in selecting}
     if os.path.exists(best):
         model.load_weights(best)

@@ -309,6 +309,27 @@ def training_callbacks(model, config: TrainConfig, info, run_dir: RunDir, valida
     return run_callbacks, baseline_selection
 
 
+def fit_with_budget(model, config: TrainConfig, train_data, validation_data, callbacks) -> tuple[float, dict]:
+    """`model.fit` as the config says; returns (wall seconds of fit, metrics.json's "budget" record).
+
+    The record says what the run was allowed (a curriculum's patience, a CPU budget or
+    early stopping's patience) and what it used (epochs, process CPU time).
+    """
+    start = time.time()
+    history = model.fit(train_data, epochs=config.epochs, validation_data=validation_data, shuffle=False,
+                        validation_freq=config.validation_freq, callbacks=callbacks, verbose=config.verbose)
+    train_seconds = time.time() - start
+    budget = {"max_epochs": config.epochs, "epochs_run": len(history.history.get("loss", [])),
+              "cpu_seconds_at_end_of_training": round(time.process_time(), 1)}
+    if model.playable:
+        budget["curriculum_patience"] = config.patience
+    elif config.cpu_budget:
+        budget["cpu_budget_seconds"] = config.cpu_budget
+    else:
+        budget["patience"] = config.patience
+    return train_seconds, budget
+
+
 def train(config: TrainConfig, info, flags_text: str | None = None) -> dict:
     """Train `config.model` on `config.data_dir` into `config.model_dir`; evaluate the selected checkpoint
     on the test split (metrics.json) and return that summary.
@@ -350,18 +371,7 @@ def train(config: TrainConfig, info, flags_text: str | None = None) -> dict:
     run_callbacks, baseline_selection = training_callbacks(model, config, info, run_dir, validation_data)
     backup = run_callbacks[-1]
 
-    start = time.time()
-    history = model.fit(train_data, epochs=config.epochs, validation_data=validation_data, shuffle=False,
-                        validation_freq=config.validation_freq, callbacks=run_callbacks, verbose=config.verbose)
-    train_seconds = time.time() - start
-    budget = {"max_epochs": config.epochs, "epochs_run": len(history.history.get("loss", [])),
-              "cpu_seconds_at_end_of_training": round(time.process_time(), 1)}
-    if model.playable:
-        budget["curriculum_patience"] = config.patience
-    elif config.cpu_budget:
-        budget["cpu_budget_seconds"] = config.cpu_budget
-    else:
-        budget["patience"] = config.patience
+    train_seconds, budget = fit_with_budget(model, config, train_data, validation_data, run_callbacks)
 
     best, best_clustering = run_dir.checkpoint("best"), run_dir.checkpoint("best_clustering")
     if not model.playable:
