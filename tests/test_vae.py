@@ -21,7 +21,7 @@ from amych_tf.registry import model_class
 from amych_tf.training import trainer
 from amych_tf.training.config import ConfigError
 from amych_tf.baselines import vae_run
-from amych_tf.baselines.vae import WaveformVAE, kl_divergence
+from amych_tf.baselines.vae import WaveformVAE, augment_waveform, kl_divergence
 from amych_tf.spectral import FeatureConfig
 from data_tools import audio
 
@@ -86,6 +86,34 @@ def test_shapes_of_both_architectures_and_the_thesis_layers():
     assert convolution.encoder(features["waveform"]).shape == (4, 256 // 32)  # the 1x1 collapse
     with pytest.raises(ValueError, match="no bottleneck classifier"):
         small_vae(supervised=False).classify(mean)
+
+
+def test_the_tanh_offset_breaks_the_odd_symmetry_of_the_fresh_encoder():
+    """With beta = 0 the freshly built tanh network is odd (features flip sign with the waveform), so
+    random-phase notes give it nothing to learn from; the default offset 0.5 gives it an even part."""
+    features, _ = batch()
+    inverted = {"waveform": -features["waveform"]}
+    odd = small_vae(tanh_offset=0.0)
+    np.testing.assert_allclose(odd.embed(inverted).numpy(), -odd.embed(features).numpy(), atol=1e-5)
+    model = small_vae()
+    assert {float(v) for norm in model.encoder.body[0].norms for v in norm.beta.numpy()} == {0.5}
+    even_part = model.embed(features).numpy() + model.embed(inverted).numpy()
+    assert np.abs(even_part).max() > 0.05
+
+
+def test_augmentation_delays_and_may_invert_each_clip_reproducibly():
+    waveform = class_tone(0)
+    delays, signs = set(), set()
+    for draw in range(40):
+        augmented = augment_waveform(waveform, np.array([7, draw]), max_delay=64).numpy()
+        np.testing.assert_array_equal(augmented, augment_waveform(waveform, np.array([7, draw]), max_delay=64))
+        delay = int(np.argmax(augmented != 0))
+        sign = np.sign(augmented[delay] * waveform[0])
+        np.testing.assert_allclose(augmented[delay:], sign * waveform[:256 - delay], rtol=1e-6)
+        assert not augmented[:delay].any() and 0 <= delay <= 64
+        delays.add(delay)
+        signs.add(sign)
+    assert len(delays) > 10 and signs == {-1.0, 1.0}
 
 
 def test_config_and_weights_round_trip_rebuild_the_same_model(tmp_path):

@@ -85,9 +85,11 @@ class BaselineModel(PrebuiltModel):
         self({"log_mel": tf.zeros([1, num_frames, self.feature_config.n_mels])}, training=False)
 
 
-def batch_norm(name: str) -> keras.layers.BatchNormalization:
+def batch_norm(name: str, offset: float = 0.0) -> keras.layers.BatchNormalization:
+    """Batch norm as every baseline uses it; `offset`: the initial shift beta (Keras: 0)."""
     # Synchronised across replicas: under tf.distribute, the statistics of the global batch.
-    return keras.layers.BatchNormalization(synchronized=True, momentum=BATCH_NORM_MOMENTUM, name=name)
+    return keras.layers.BatchNormalization(synchronized=True, momentum=BATCH_NORM_MOMENTUM, name=name,
+                                           beta_initializer=keras.initializers.Constant(offset))
 
 
 def check_divisible(num_mels: int, n_pools: int) -> None:

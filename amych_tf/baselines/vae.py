@@ -44,6 +44,19 @@ Decisions (the thesis leaves these open):
   * Outside training (and in test_step) z = mean: evaluation and listening are
     deterministic; the classifier also reads the mean then.
   * Batch normalisation after every layer as the thesis, momentum 0.9 as the other baselines.
+  * The batch norms before a tanh start with the shift beta = 0.5 (`tanh_offset`; Keras' default
+    is 0). With zero shifts the freshly initialised network (biases 0, zero-mean waveforms)
+    is an odd function of its input, f(-x) = -f(x), and its features change sign with the
+    phase of every partial; the demo's notes start at random phases, so such features carry
+    no class. tanh(u + 0.5) has an even part (~ -0.36 u^2: rectification, an energy-like
+    feature) from the first step. Measured on the demo, encoder + classifier alone, 4 epochs
+    at batch 8: validation accuracy 29% with shift 0, 60% with 0.5; with waveforms randomly
+    delayed and inverted, shift 0 stayed at chance for 6 epochs (benchmarks/RESULTS.md (e)).
+    The architecture, its weights and the loss are the thesis'; only this initial value differs.
+  * Training clips are augmented (`augment_waveform`, on with the training option `augment`):
+    a random delay of the onset by up to 128 ms and a random polarity. The demo's notes have
+    random phases: without it the encoder learns the training clips' phases (training accuracy
+    rises, validation does not follow); measured in benchmarks/RESULTS.md (e).
 """
 
 from __future__ import annotations
@@ -67,11 +80,34 @@ CONVOLUTION_LAYERS = ((128, 5), (128, 4), (256, 4), (512, 4), (1024, 4))
 DILATION_STEM = (16, 32)  # filters, kernel of the dilation encoder's first layer
 DILATION_LAYERS, DILATION_FILTERS, DILATION_CYCLES = 50, 32, (10, 5)
 DOWNSAMPLING = 32  # 2^5: both encoders shorten the waveform 32 times
+# Initial shift (beta) of the batch norms that feed a tanh (module docstring, "Decisions").
+TANH_OFFSET = 0.5
+# Training-time augmentation (`augment_waveform`): onsets delayed by up to a quarter of the clip
+# (1024 samples, 128 ms, of the thesis' 4096 at 8 kHz).
+MAX_DELAY_FRACTION = 0.25
 
 
 def kl_divergence(mean: tf.Tensor, log_var: tf.Tensor) -> tf.Tensor:
     """KL(N(mean, exp(log_var)) || N(0, I)) per example: [B, D] -> [B]."""
     return 0.5 * tf.reduce_sum(tf.exp(log_var) + tf.square(mean) - 1.0 - log_var, axis=-1)
+
+
+def augment_waveform(waveform: tf.Tensor, seed: tf.Tensor, max_delay: int | None = None) -> tf.Tensor:
+    """A training clip [N] delayed by 0..max_delay samples (zeros in front, the end cut; default
+    MAX_DELAY_FRACTION of N) and, half the time, inverted; `seed`: int [2] of a stateless draw (same
+    seed, same result).
+
+    Both change every partial's phase (a delay of d turns a partial at f by 2 pi f d / rate) and
+    neither its class, so the encoder cannot tell classes apart by the phases of the training clips
+    (module docstring, "Decisions"). Not the thesis' (it trains on the clips as they are).
+    """
+    num_samples = tf.shape(waveform)[0]
+    if max_delay is None:
+        max_delay = tf.cast(tf.cast(num_samples, tf.float32) * MAX_DELAY_FRACTION, tf.int32)
+    delay = tf.random.stateless_uniform([], seed, 0, max_delay + 1, dtype=tf.int32)
+    sign = tf.where(tf.random.stateless_uniform([], seed + 1) < 0.5, -1.0, 1.0)
+    delayed = tf.concat([tf.zeros([delay], waveform.dtype), waveform[:num_samples - delay]], axis=0)
+    return sign * delayed
 
 
 def squared_error_sum(reconstruction: tf.Tensor, waveform: tf.Tensor) -> tf.Tensor:
@@ -87,14 +123,14 @@ class ConvolutionStack(keras.layers.Layer):
     [B, L, C] -> [B, L / stride^n, filters] (transpose: L * stride^n).
     """
 
-    def __init__(self, layers_spec, strides: int = 2, transpose: bool = False, **kwargs):
+    def __init__(self, layers_spec, strides: int = 2, transpose: bool = False, tanh_offset: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.layers_spec = [tuple(int(v) for v in spec) for spec in layers_spec]
-        self.strides, self.transpose = int(strides), bool(transpose)
+        self.strides, self.transpose, self.tanh_offset = int(strides), bool(transpose), float(tanh_offset)
         conv = keras.layers.Conv1DTranspose if self.transpose else keras.layers.Conv1D
         self.convolutions = [conv(filters, kernel, strides=self.strides, padding="same", name=f"conv{i}")
                              for i, (filters, kernel) in enumerate(self.layers_spec)]
-        self.norms = [batch_norm(f"bn{i}") for i in range(len(self.layers_spec))]
+        self.norms = [batch_norm(f"bn{i}", self.tanh_offset) for i in range(len(self.layers_spec))]
 
     def call(self, x, training=None):
         for convolution, norm in zip(self.convolutions, self.norms):
@@ -103,7 +139,7 @@ class ConvolutionStack(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "layers_spec": [list(spec) for spec in self.layers_spec],
-                "strides": self.strides, "transpose": self.transpose}
+                "strides": self.strides, "transpose": self.transpose, "tanh_offset": self.tanh_offset}
 
 
 @keras.saving.register_keras_serializable(package="amych_tf")
@@ -145,12 +181,13 @@ class _WaveformCoder(keras.layers.Layer):
     """What the encoder and the decoder share: the architecture, its options, running the body."""
 
     def __init__(self, architecture: str = "convolution", dilation_layers: int = DILATION_LAYERS,
-                 conv_layers=CONVOLUTION_LAYERS, **kwargs):
+                 conv_layers=CONVOLUTION_LAYERS, tanh_offset: float = TANH_OFFSET, **kwargs):
         super().__init__(**kwargs)
         if architecture not in ARCHITECTURES:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
         self.architecture, self.dilation_layers = architecture, int(dilation_layers)
         self.conv_layers = [tuple(int(v) for v in spec) for spec in conv_layers]
+        self.tanh_offset = float(tanh_offset)
         self.body = []
 
     def run_body(self, x, training):
@@ -160,7 +197,7 @@ class _WaveformCoder(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "architecture": self.architecture, "dilation_layers": self.dilation_layers,
-                "conv_layers": [list(spec) for spec in self.conv_layers]}
+                "conv_layers": [list(spec) for spec in self.conv_layers], "tanh_offset": self.tanh_offset}
 
 
 @keras.saving.register_keras_serializable(package="amych_tf")
@@ -170,11 +207,11 @@ class WaveformEncoder(_WaveformCoder):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if self.architecture == "convolution":
-            self.body = [ConvolutionStack(self.conv_layers, name="convolutions")]
+            self.body = [ConvolutionStack(self.conv_layers, tanh_offset=self.tanh_offset, name="convolutions")]
         else:
-            self.body = [ConvolutionStack([DILATION_STEM], strides=1, name="stem"),
+            self.body = [ConvolutionStack([DILATION_STEM], strides=1, tanh_offset=self.tanh_offset, name="stem"),
                          DilationBlock(self.dilation_layers, name="dilation"),
-                         ConvolutionStack([(1, 2)] * 5, name="downsampling")]
+                         ConvolutionStack([(1, 2)] * 5, tanh_offset=self.tanh_offset, name="downsampling")]
         self.collapse = keras.layers.Conv1D(1, 1, name="collapse")
         self.collapse_norm = batch_norm("collapse_bn")
 
@@ -190,12 +227,14 @@ class WaveformDecoder(_WaveformCoder):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if self.architecture == "convolution":
-            self.body = [ConvolutionStack(self.conv_layers[::-1], transpose=True, name="convolutions")]
+            self.body = [ConvolutionStack(self.conv_layers[::-1], transpose=True, tanh_offset=self.tanh_offset,
+                                          name="convolutions")]
         else:
-            self.body = [ConvolutionStack([(1, 2)] * 5, transpose=True, name="upsampling"),
-                         ConvolutionStack([(DILATION_FILTERS, 1)], strides=1, transpose=True, name="widen"),
+            stack = dict(transpose=True, tanh_offset=self.tanh_offset)
+            self.body = [ConvolutionStack([(1, 2)] * 5, name="upsampling", **stack),
+                         ConvolutionStack([(DILATION_FILTERS, 1)], strides=1, name="widen", **stack),
                          DilationBlock(self.dilation_layers, name="dilation"),
-                         ConvolutionStack([DILATION_STEM], strides=1, transpose=True, name="stem")]
+                         ConvolutionStack([DILATION_STEM], strides=1, name="stem", **stack)]
         self.output_layer = keras.layers.Conv1DTranspose(1, 1, activation="tanh", name="output")
 
     def call(self, collapsed, training=None):
@@ -265,6 +304,7 @@ class WaveformVAE(PrebuiltModel):
         classifier_widths=(64, 64, 64),
         dilation_layers: int = DILATION_LAYERS,
         conv_layers=CONVOLUTION_LAYERS,
+        tanh_offset: float = TANH_OFFSET,
         seed: int | None = None,
         **kwargs,
     ):
@@ -281,6 +321,7 @@ class WaveformVAE(PrebuiltModel):
         self.architecture, self.supervised = architecture, bool(supervised)
         self.latent_dim, self.dilation_layers, self.seed = int(latent_dim), int(dilation_layers), seed
         self.conv_layers = [tuple(int(v) for v in spec) for spec in conv_layers]
+        self.tanh_offset = float(tanh_offset)
         if len(self.conv_layers) != 5:  # 2^5 = DOWNSAMPLING
             raise ValueError(f"conv_layers must give (filters, kernel) of 5 stride-2 layers, got {self.conv_layers}")
         self.decoder_widths = tuple(int(w) for w in decoder_widths)
@@ -288,13 +329,15 @@ class WaveformVAE(PrebuiltModel):
         self.mode = "supervised" if self.supervised else "unsupervised"
         collapsed = self.num_samples // DOWNSAMPLING
 
-        self.encoder = WaveformEncoder(architecture, self.dilation_layers, self.conv_layers, name="encoder")
+        self.encoder = WaveformEncoder(architecture, self.dilation_layers, self.conv_layers, self.tanh_offset,
+                                       name="encoder")
         self.mean_layer = keras.layers.Dense(self.latent_dim, name="mean")
         self.log_var_layer = keras.layers.Dense(self.latent_dim, name="log_var")
         self.sample = GaussianSample(seed, name="sample")
         self.expand = [keras.layers.Dense(width, activation="tanh", name=f"expand{i}")
                        for i, width in enumerate((*self.decoder_widths, collapsed))]
-        self.decoder = WaveformDecoder(architecture, self.dilation_layers, self.conv_layers, name="decoder")
+        self.decoder = WaveformDecoder(architecture, self.dilation_layers, self.conv_layers, self.tanh_offset,
+                                       name="decoder")
         self.classifier = []
         if self.supervised:
             self.classifier = [keras.layers.Dense(width, activation="tanh", name=f"classifier{i}")
@@ -465,5 +508,6 @@ class WaveformVAE(PrebuiltModel):
             "classifier_widths": list(self.classifier_widths),
             "dilation_layers": self.dilation_layers,
             "conv_layers": [list(spec) for spec in self.conv_layers],
+            "tanh_offset": self.tanh_offset,
             "seed": self.seed,
         }

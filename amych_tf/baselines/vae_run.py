@@ -57,12 +57,15 @@ def check_data(info, data_dir: str) -> None:
 
 
 def waveform_dataset(data_dir: str, split: str, batch_size: int, info, *, training: bool = False, seed: int = 0,
-                     with_metadata: bool = False):
+                     with_metadata: bool = False, augment: bool = False):
     """({"waveform": float32 [B, N]} (+ "path" [B] with metadata), labels int32 [B]) of a split.
 
-    Training: reshuffled every epoch (seeded), full batches only; otherwise in stored order.
+    Training: reshuffled every epoch (seeded), full batches only, and with `augment`, each clip
+    through `vae.augment_waveform` with a fresh seeded draw every epoch; otherwise in stored order.
     """
     import tensorflow as tf
+
+    from amych_tf.baselines.vae import augment_waveform
 
     check_data(info, data_dir)
     num_samples = info.waveform["num_samples"]
@@ -81,6 +84,12 @@ def waveform_dataset(data_dir: str, split: str, batch_size: int, info, *, traini
     if training:
         dataset = dataset.shuffle(max(info.split_counts.get(split, 1), 1), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    if training and augment:
+        draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        dataset = tf.data.Dataset.zip(dataset, draws).map(
+            lambda example, draw: ({**example[0], WAVEFORM_KEY: augment_waveform(
+                example[0][WAVEFORM_KEY], tf.stack([tf.constant(seed, tf.int64), draw]))}, example[1]),
+            num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
 
 
@@ -254,7 +263,7 @@ def train(config, info, flags_text: str | None = None) -> dict:
 
     def split_data(split, training=False):
         return waveform_dataset(config.data_dir, split, config.batch_size if training else config.eval_batch_size,
-                                info, training=training, seed=config.seed)
+                                info, training=training, seed=config.seed, augment=training and config.augment)
 
     train_data = split_data("train", training=True)
     validation_data = split_data("validation") if info.split_counts.get("validation", 0) else None
