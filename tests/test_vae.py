@@ -140,12 +140,19 @@ def test_elbo_and_cross_entropy_match_numpy():
     decoded = model.decode(mean.astype(np.float32), training=False).numpy().astype(np.float64)
     logits = model.classify(mean.astype(np.float32)).numpy().astype(np.float64)
     rec = ((decoded - features["waveform"]) ** 2).sum(1)
-    kl = 0.5 * (np.exp(log_var) + mean ** 2 - 1 - log_var).sum(1)
+    kl_dimensions = 0.5 * (np.exp(log_var) + mean ** 2 - 1 - log_var)
+    kl = kl_dimensions.sum(1)
     ce = np.log(np.exp(logits).sum(1)) - logits[np.arange(4), labels]
     np.testing.assert_allclose(losses["rec"].numpy(), rec, rtol=1e-4)
     np.testing.assert_allclose(losses["kl"].numpy(), kl, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(losses["ce"].numpy(), ce, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(losses["loss"].numpy(), rec + kl + ce, rtol=1e-4)
+    # Trained with free bits: a dimension below model.free_bits nats costs model.free_bits.
+    free_bits_kl = np.maximum(kl_dimensions, model.free_bits).sum(1)
+    assert model.free_bits == 0.5 and np.any(kl_dimensions < 0.5) and np.any(kl_dimensions > 0.5)
+    np.testing.assert_allclose(losses["elbo"].numpy(), rec + free_bits_kl, rtol=1e-4)
+    np.testing.assert_allclose(losses["loss"].numpy(), rec + free_bits_kl + ce, rtol=1e-4)
+    without = small_vae(free_bits=0.0).per_example_losses(features, labels, training=False)
+    np.testing.assert_allclose(without["loss"].numpy(), rec + kl + ce, rtol=1e-4)
     # KL is 0 at the prior and grows with the distance from it.
     assert kl_divergence(np.zeros((1, 20), np.float32), np.zeros((1, 20), np.float32)).numpy()[0] == 0.0
     # Training draws z ~ N(mean, exp(log_var)): the reconstruction term changes, the KL does not.
