@@ -30,7 +30,7 @@ Two changes make it cheap:
   the batch and clip lengths.
 
 Where the time went, and what each change bought, is in benchmarks/RESULTS-train.md
-(one training step went from 1.75 s to ~0.4 s on 2 cores). `frame_errors` is
+(on the earlier machine of that file, one training step went from 1.75 s on 2 cores to 0.70 CPU-s). `frame_errors` is
 the same error written plainly (autodiff), and `transforms.transform` the
 reference of the whole composition (and what listening uses); the tests check
 this module against both.
