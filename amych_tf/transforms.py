@@ -79,6 +79,16 @@ def pitch_source_position(s: tf.Tensor, mel_values) -> tuple[tf.Tensor, tf.Tenso
     return tf.cast(bins + whole_bins, tf.float32), fraction
 
 
+def border_positions(lower: tf.Tensor, fraction: tf.Tensor, num_bins: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """(lower bin int32, fraction) of `interpolate_bins`, positions outside [0, F - 1] at the border.
+
+    Below the grid: hold m[0] (fraction 0 at bin 0); at or above the last bin:
+    hold m[F-1] (fraction 1 between bins F-2 and F-1).
+    """
+    fraction = tf.where(lower < 0.0, 0.0, tf.where(lower >= num_bins - 1.0, 1.0, fraction))
+    return tf.cast(tf.clip_by_value(lower, 0.0, num_bins - 2.0), tf.int32), fraction
+
+
 def interpolate_bins(m: tf.Tensor, lower: tf.Tensor, fraction: tf.Tensor) -> tf.Tensor:
     """Linear interpolation of `m` [..., F] at positions lower + fraction [..., F'].
 
@@ -91,10 +101,7 @@ def interpolate_bins(m: tf.Tensor, lower: tf.Tensor, fraction: tf.Tensor) -> tf.
     m = tf.broadcast_to(m, tf.concat([shape, [num_bins]], 0))
     lower = tf.broadcast_to(lower, tf.concat([shape, tf.shape(lower)[-1:]], 0))
     fraction = tf.broadcast_to(fraction, tf.shape(lower))
-    # Below the grid: hold m[0] (fraction 0 at bin 0); at or above the last
-    # bin: hold m[F-1] (fraction 1 between bins F-2 and F-1).
-    fraction = tf.where(lower < 0.0, 0.0, tf.where(lower >= num_bins - 1.0, 1.0, fraction))
-    lower = tf.cast(tf.clip_by_value(lower, 0.0, num_bins - 2.0), tf.int32)
+    lower, fraction = border_positions(lower, fraction, num_bins)
     batch_dims = lower.shape.rank - 1
     below = tf.gather(m, lower, batch_dims=batch_dims)
     above = tf.gather(m, lower + 1, batch_dims=batch_dims)

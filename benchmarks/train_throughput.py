@@ -9,7 +9,8 @@ Random log-Mels from memory (the input pipeline is measured apart, see
 pipeline_throughput.py). Times `--steps` steps of `fit` after `--warmup_steps`
 (tracing, compilation); it also prints the process's CPU seconds per step,
 which other jobs on the same cores change little. Peak memory is the process's peak resident set size
-(ru_maxrss), so it includes TensorFlow itself (0.60 GB after its import, measured).
+(ru_maxrss), so it includes TensorFlow itself (0.60-0.68 GB after its import, measured). glibc's malloc
+is set as the command-line tools set it (`amych_tf.memory.limit_heap_growth`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ import resource
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from amych_tf.memory import limit_heap_growth  # noqa: E402
+
+limit_heap_growth()  # as the command-line tools do, before TensorFlow starts its threads
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

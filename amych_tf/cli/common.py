@@ -9,6 +9,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports Te
 
 from absl import flags  # noqa: E402
 
+from amych_tf.memory import limit_heap_growth  # noqa: E402
+
+limit_heap_growth()  # also before TensorFlow starts its threads (amych_tf.memory)
+
 FLAGS = flags.FLAGS
 
 
