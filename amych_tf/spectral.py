@@ -247,7 +247,9 @@ def inverse_log_mel(
         )
     mel = unscale_log(features).T  # [n_mels, frames]
     basis = mel_weight_matrix(config, dtype=tf.float64).numpy().T  # [n_mels, n_freq_bins]
-    magnitude = librosa.util.nnls(basis, mel) ** (1.0 / config.power)  # [n_freq_bins, frames]
+    # librosa's NNLS (L-BFGS-B with bounds) can return -1e-23 where the answer is 0, depending on
+    # the CPU's rounding; the power's root of that is NaN and Griffin-Lim refuses the input.
+    magnitude = np.maximum(librosa.util.nnls(basis, mel), 0.0) ** (1.0 / config.power)  # [n_freq_bins, frames]
     # Our frame t is centred on sample t * hop + n_fft / 2. Griffin-Lim runs with
     # centred frames (librosa's center=True, frame t centred on t * hop) and the result
     # is shifted by n_fft / 2: uncentred inversion divides the first and last samples

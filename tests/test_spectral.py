@@ -116,6 +116,18 @@ def test_inverse_of_a_tone_is_a_tone_at_the_same_pitch(f0):
     assert batch.shape == (2, audio.shape[0])
 
 
+def test_inverse_survives_nnls_returning_tiny_negative_magnitudes(monkeypatch):
+    """On some CPUs librosa's NNLS returns -1e-23 for a zero magnitude; its root was NaN and Griffin-Lim
+    raised (TensorBoard's prototype audio and `listen` crashed on such machines)."""
+    config = FeatureConfig.preset("librispeech")
+    features = spectral.log_mel(harmonic_tone(220.0, config.sample_rate)[None], config).numpy()[0][:8]
+    nnls = librosa.util.nnls
+    monkeypatch.setattr(librosa.util, "nnls", lambda basis, mel: np.where(
+        nnls(basis, mel) == 0.0, -1.3e-23, nnls(basis, mel)))
+    audio = spectral.inverse_log_mel(features, config, n_iter=2)
+    assert np.all(np.isfinite(audio)) and np.abs(audio).max() > 0.0
+
+
 def test_log_mel_layer_serialises(tmp_path):
     config = FeatureConfig.preset("librispeech")
     layer = LogMel(config)
