@@ -85,11 +85,13 @@ def waveform_dataset(data_dir: str, split: str, batch_size: int, info, *, traini
         dataset = dataset.shuffle(max(info.split_counts.get(split, 1), 1), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
     if training and augment:
+        def augmented(example, draw):  # draw: a fresh int64 per clip and epoch, from `seed`
+            features, label = example
+            clip_seed = tf.stack([tf.constant(seed, tf.int64), draw])
+            return {**features, WAVEFORM_KEY: augment_waveform(features[WAVEFORM_KEY], clip_seed)}, label
+
         draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-        dataset = tf.data.Dataset.zip(dataset, draws).map(
-            lambda example, draw: ({**example[0], WAVEFORM_KEY: augment_waveform(
-                example[0][WAVEFORM_KEY], tf.stack([tf.constant(seed, tf.int64), draw]))}, example[1]),
-            num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = tf.data.Dataset.zip(dataset, draws).map(augmented, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
 
 
