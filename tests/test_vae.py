@@ -101,6 +101,18 @@ def test_the_tanh_offset_breaks_the_odd_symmetry_of_the_fresh_encoder():
     assert np.abs(even_part).max() > 0.05
 
 
+def test_peak_normalisation_makes_the_latent_blind_to_the_clip_level():
+    features, _ = batch()
+    quieter = {"waveform": 0.1 * features["waveform"]}
+    model = small_vae()
+    np.testing.assert_allclose(np.abs(model.input_waveform(features).numpy()).max(axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(model.embed(quieter).numpy(), model.embed(features).numpy(), rtol=1e-4, atol=1e-5)
+    assert not np.any(model.input_waveform({"waveform": np.zeros((1, 256), np.float32)}).numpy())  # silence: 0
+    raw = small_vae(peak_normalise=False)
+    assert not np.allclose(raw.embed(quieter).numpy(), raw.embed(features).numpy(), atol=1e-3)
+    np.testing.assert_array_equal(raw.input_waveform(features).numpy(), features["waveform"])
+
+
 def test_augmentation_delays_and_may_invert_each_clip_reproducibly():
     waveform = class_tone(0)
     delays, signs = set(), set()
@@ -139,7 +151,9 @@ def test_elbo_and_cross_entropy_match_numpy():
     mean, log_var = (t.numpy().astype(np.float64) for t in model.encode(features, training=False))
     decoded = model.decode(mean.astype(np.float32), training=False).numpy().astype(np.float64)
     logits = model.classify(mean.astype(np.float32)).numpy().astype(np.float64)
-    rec = ((decoded - features["waveform"]) ** 2).sum(1)
+    # The target is the clip divided by its peak (the model's input_waveform).
+    target = features["waveform"] / np.abs(features["waveform"]).max(axis=1, keepdims=True)
+    rec = ((decoded - target) ** 2).sum(1)
     kl_dimensions = 0.5 * (np.exp(log_var) + mean ** 2 - 1 - log_var)
     kl = kl_dimensions.sum(1)
     ce = np.log(np.exp(logits).sum(1)) - logits[np.arange(4), labels]

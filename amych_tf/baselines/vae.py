@@ -95,6 +95,8 @@ FREE_BITS = 0.5
 # Training-time augmentation (`augment_waveform`): onsets delayed by up to a quarter of the clip
 # (1024 samples, 128 ms, of the thesis' 4096 at 8 kHz).
 MAX_DELAY_FRACTION = 0.25
+# Each clip is divided by its peak before the VAE reads it (`peak_normalise`; module docstring).
+PEAK_NORMALISE = True
 
 
 def kl_per_dimension(mean: tf.Tensor, log_var: tf.Tensor) -> tf.Tensor:
@@ -133,6 +135,11 @@ def augment_waveform(waveform: tf.Tensor, seed: tf.Tensor, max_delay: int | None
     sign = tf.where(tf.random.stateless_uniform([], seed + 1) < 0.5, -1.0, 1.0)
     delayed = tf.concat([tf.zeros([delay], waveform.dtype), waveform[:num_samples - delay]], axis=0)
     return sign * delayed
+
+
+def peak_normalised(waveform: tf.Tensor) -> tf.Tensor:
+    """Each clip [B, N] divided by its largest absolute sample (a silent clip stays 0)."""
+    return tf.math.divide_no_nan(waveform, tf.reduce_max(tf.abs(waveform), axis=-1, keepdims=True))
 
 
 def squared_error_sum(reconstruction: tf.Tensor, waveform: tf.Tensor) -> tf.Tensor:
@@ -331,6 +338,7 @@ class WaveformVAE(PrebuiltModel):
         conv_layers=CONVOLUTION_LAYERS,
         tanh_offset: float = TANH_OFFSET,
         free_bits: float = FREE_BITS,
+        peak_normalise: bool = PEAK_NORMALISE,
         seed: int | None = None,
         **kwargs,
     ):
@@ -348,6 +356,7 @@ class WaveformVAE(PrebuiltModel):
         self.latent_dim, self.dilation_layers, self.seed = int(latent_dim), int(dilation_layers), seed
         self.conv_layers = [tuple(int(v) for v in spec) for spec in conv_layers]
         self.tanh_offset, self.free_bits = float(tanh_offset), float(free_bits)
+        self.peak_normalise = bool(peak_normalise)
         if len(self.conv_layers) != 5:  # 2^5 = DOWNSAMPLING
             raise ValueError(f"conv_layers must give (filters, kernel) of 5 stride-2 layers, got {self.conv_layers}")
         self.decoder_widths = tuple(int(w) for w in decoder_widths)
@@ -421,9 +430,19 @@ class WaveformVAE(PrebuiltModel):
 
     # -- the network ---------------------------------------------------------------------
 
+    def input_waveform(self, features) -> tf.Tensor:
+        """The waveform [B, N] the VAE encodes and reconstructs: the clip, peak-normalised if
+        `peak_normalise` (module docstring, "Decisions")."""
+        waveform = features_waveform(features)
+        return peak_normalised(waveform) if self.peak_normalise else waveform
+
     def encode(self, features, training=None) -> tuple[tf.Tensor, tf.Tensor]:
         """features -> (mean, log_var), each [B, latent_dim]."""
-        collapsed = self.encoder(features_waveform(features), training=training)
+        return self.encode_waveform(self.input_waveform(features), training=training)
+
+    def encode_waveform(self, waveform: tf.Tensor, training=None) -> tuple[tf.Tensor, tf.Tensor]:
+        """An input waveform [B, N] (`input_waveform`'s) -> (mean, log_var), each [B, latent_dim]."""
+        collapsed = self.encoder(waveform, training=training)
         return self.mean_layer(collapsed), self.log_var_layer(collapsed)
 
     def decode(self, z: tf.Tensor, training=None) -> tf.Tensor:
@@ -474,8 +493,8 @@ class WaveformVAE(PrebuiltModel):
     def per_example_losses(self, features, labels, training) -> dict[str, tf.Tensor]:
         """{"loss", "rec", "kl", "elbo"[, "ce", "hits"]} per example [B]: "kl" the KL, "elbo" the trained
         rec + free-bits KL, "loss" = elbo [+ ce], the monitored total."""
-        waveform = features_waveform(features)
-        mean, log_var = self.encode(waveform, training=training)
+        waveform = self.input_waveform(features)
+        mean, log_var = self.encode_waveform(waveform, training=training)
         z = self.sample(mean, log_var, training=training)
         losses = {"rec": squared_error_sum(self.decode(z, training=training), waveform),
                   "kl": kl_divergence(mean, log_var)}
@@ -538,5 +557,6 @@ class WaveformVAE(PrebuiltModel):
             "conv_layers": [list(spec) for spec in self.conv_layers],
             "tanh_offset": self.tanh_offset,
             "free_bits": self.free_bits,
+            "peak_normalise": self.peak_normalise,
             "seed": self.seed,
         }

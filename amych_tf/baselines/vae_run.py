@@ -96,7 +96,10 @@ def waveform_dataset(data_dir: str, split: str, batch_size: int, info, *, traini
 
 
 def latents(model, dataset, decode: bool = False) -> dict:
-    """{"means" [N, D], "labels" [N], "inputs" [N, S], "decoded" [N, S] (decode)} over a dataset, in order."""
+    """{"means" [N, D], "labels" [N], "inputs" [N, S], "decoded" [N, S] (decode)} over a dataset, in order.
+
+    "inputs" are the waveforms as the model reads them (`WaveformVAE.input_waveform`), what
+    "decoded" reconstructs."""
     from amych_tf.evaluation import traced
 
     embed = traced(model, "embed", lambda m, features: m.embed(features))
@@ -107,7 +110,7 @@ def latents(model, dataset, decode: bool = False) -> dict:
         result["means"].append(means.numpy())
         result["labels"].append(labels.numpy())
         if decode:
-            result["inputs"].append(features[WAVEFORM_KEY].numpy())
+            result["inputs"].append(model.input_waveform(features).numpy())
             result["decoded"].append(decode_means(means).numpy())
     return {key: np.concatenate(values) for key, values in result.items() if values}
 
@@ -396,7 +399,7 @@ def listen(model, data_dir: str, out_dir: str, inputs=(), morph: tuple[str, str]
                 os.path.join(out_dir, "morph.png"))
 
     for path in inputs:
-        waveform = input_waveform(path, model.waveform)
+        waveform = model.input_waveform(input_waveform(path, model.waveform)[None]).numpy()[0]
         decoded = model.decode(model.embed({WAVEFORM_KEY: waveform[None]}), training=False).numpy()[0]
         directory = os.path.join(out_dir, "inputs", safe_name(os.path.splitext(os.path.basename(path))[0]))
         os.makedirs(directory, exist_ok=True)
