@@ -113,19 +113,16 @@ def test_peak_normalisation_makes_the_latent_blind_to_the_clip_level():
     np.testing.assert_array_equal(raw.input_waveform(features).numpy(), features["waveform"])
 
 
-def test_augmentation_delays_and_may_invert_each_clip_reproducibly():
+def test_augmentation_inverts_half_the_clips_reproducibly():
     waveform = class_tone(0)
-    delays, signs = set(), set()
+    signs = []
     for draw in range(40):
-        augmented = augment_waveform(waveform, np.array([7, draw]), max_delay=64).numpy()
-        np.testing.assert_array_equal(augmented, augment_waveform(waveform, np.array([7, draw]), max_delay=64))
-        delay = int(np.argmax(augmented != 0))
-        sign = np.sign(augmented[delay] * waveform[0])
-        np.testing.assert_allclose(augmented[delay:], sign * waveform[:256 - delay], rtol=1e-6)
-        assert not augmented[:delay].any() and 0 <= delay <= 64
-        delays.add(delay)
-        signs.add(sign)
-    assert len(delays) > 10 and signs == {-1.0, 1.0}
+        augmented = augment_waveform(waveform, np.array([7, draw])).numpy()
+        np.testing.assert_array_equal(augmented, augment_waveform(waveform, np.array([7, draw])))
+        sign = np.sign(augmented[0] * waveform[0])
+        np.testing.assert_array_equal(augmented, sign * waveform)
+        signs.append(sign)
+    assert 10 < signs.count(-1.0) < 30 and 10 < signs.count(1.0) < 30
 
 
 def test_config_and_weights_round_trip_rebuild_the_same_model(tmp_path):

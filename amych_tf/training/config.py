@@ -80,8 +80,8 @@ class TrainConfig:
     curriculum_stop: str | None = _option(None, "enum", "Stop training when this curriculum stage plateaus (Table 1 "
                                           "rows). Default: all stages.", enum_values=curriculum.STAGE_NAMES)
     seed: int = _option(0, "integer", "Seed of initialisation, shuffling and augmentation.")
-    augment: bool = _option(True, "boolean", "Training-time augmentation (pitch, bias, noise; --model=vae: onset "
-                          "delay and polarity, amych_tf.baselines.vae.augment_waveform).")
+    augment: bool = _option(True, "boolean", "Training-time augmentation (pitch, bias, noise; --model=vae: "
+                          "polarity, amych_tf.baselines.vae.augment_waveform).")
     init_examples: int = _option(2000, "integer", "Training clips, drawn uniformly, that initialise the prototypes "
                                  "(supervised: each class's medoid; unsupervised: k-means++ seeding).")
     validation_freq: int = _option(1, "integer", "Validate on full clips every N epochs.")
