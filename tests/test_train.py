@@ -221,7 +221,7 @@ class Interrupt(Exception):
 def test_killed_run_resumes_in_the_same_stage_with_the_same_step_count(tiny_data, tmp_path, monkeypatch):
     model_dir = str(tmp_path / "run")
     # patience 0: a new curriculum stage every epoch, so the stage at the kill is known.
-    values = train_flags(tiny_data, model_dir, epochs=6, media_freq=0, patience=0)
+    values = train_flags(tiny_data, model_dir, epochs=4, media_freq=0, patience=0)  # killed after 3, resumed for 1
     seen = {}
     original_epoch_end = resume.TrainingBackup.on_epoch_end
 
