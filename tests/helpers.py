@@ -123,3 +123,29 @@ def write_model_dir(directory, mode="supervised", data_dir="unused", seed=0):
         json.dump({"model": model.get_config(), "dataset": {"data_dir": data_dir}}, f)
     model.save_weights(os.path.join(directory, "checkpoints", "latest.weights.h5"))
     return model
+
+
+def run_command_main(command, args, capsys, defined_by=None):
+    """`python -m amych_tf.<command> ARGS` in this process: the command's flags parsed from ARGS and its
+    main() run, without a new interpreter's start-up (seconds of TensorFlow import each). Returns
+    (exit status, stdout, stderr). `defined_by`: a flag whose presence means the command's flags are
+    defined already (define_flags of some commands may run only once per process)."""
+    from absl import flags
+    from absl.testing import flagsaver
+
+    values = flags.FLAGS
+    if defined_by is None or defined_by not in values:
+        command.define_flags()
+    capsys.readouterr()
+    status = 0
+    with flagsaver.flagsaver():
+        values.unparse_flags()
+        values([command.__name__, *args])
+        try:
+            command.main([])
+        except SystemExit as stop:
+            status = stop.code
+        finally:
+            values.unparse_flags()
+    out, err = capsys.readouterr()
+    return status, out, err

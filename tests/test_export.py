@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import FEATURES, harmonic_tone, make_prepared_dir, write_model_dir
+from helpers import FEATURES, harmonic_tone, make_prepared_dir, run_command_main, write_model_dir
 
 from amych_tf import data, evaluation, registry, serving, spectral
 
@@ -76,6 +76,13 @@ def run_cli(*args):
                           cwd=REPO, timeout=300)
 
 
+def run_main(capsys, *args):
+    """The export command's main() in this process (the first export of the test above starts it anew)."""
+    from amych_tf.cli import export
+
+    return run_command_main(export, list(args), capsys, defined_by="export_version")
+
+
 def xla_only_functions(saved_model_dir: str) -> list[str]:
     """Names of the SavedModel's functions that must be compiled with XLA (`_XlaMustCompile`)."""
     from tensorflow.core.protobuf import saved_model_pb2
@@ -98,7 +105,7 @@ def keras_outputs(model, waveform):
     return log_mel.numpy(), {k: v.numpy() for k, v in outputs.items()}, frames
 
 
-def test_exported_model_serves_without_amych_tf(tmp_path):
+def test_exported_model_serves_without_amych_tf(tmp_path, capsys):
     model_dir, export_dir = str(tmp_path / "run"), str(tmp_path / "saved_models" / "tiny")
     write_model_dir(model_dir)
     result = run_cli(f"--model_dir={model_dir}", f"--export_dir={export_dir}")
@@ -201,8 +208,9 @@ def test_exported_model_serves_without_amych_tf(tmp_path):
     assert report["warmup"][0][1] == ["class_id", "class_name", "probabilities", "prototype", "rec_errors"]
 
     # The next export is version 2; an existing version is refused, leaving nothing behind.
-    result = run_cli(f"--model_dir={model_dir}", f"--export_dir={export_dir}", "--export_version=1")
-    assert result.returncode == 2 and "exists already" in result.stderr
+    status, _, stderr = run_main(capsys, f"--model_dir={model_dir}", f"--export_dir={export_dir}",
+                                 "--export_version=1")
+    assert status == 2 and "exists already" in stderr
     assert sorted(os.listdir(export_dir)) == ["1"]
     assert serving.next_version(export_dir) == 2
 
@@ -224,9 +232,9 @@ def test_unsupervised_prototypes_are_named_by_training_majority(tmp_path):
     # train --export_dir serves this mapping (tests/test_train.py checks the served classes).
 
 
-def test_export_errors_are_one_line(tmp_path):
-    result = run_cli(f"--model_dir={tmp_path}/missing", f"--export_dir={tmp_path}/out")
-    assert result.returncode == 2 and result.stderr.strip().startswith("error:")
+def test_export_errors_are_one_line(tmp_path, capsys):
+    status, _, stderr = run_main(capsys, f"--model_dir={tmp_path}/missing", f"--export_dir={tmp_path}/out")
+    assert status == 2 and stderr.strip().startswith("error:") and stderr.count("\n") == 1, stderr
     assert not os.path.exists(tmp_path / "out")
 
 

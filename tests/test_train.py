@@ -14,10 +14,10 @@ import tensorflow as tf
 from absl import flags
 from absl.testing import flagsaver
 
-from helpers import class_coded_log_mel, make_prepared_dir
+from helpers import class_coded_log_mel, make_prepared_dir, run_command_main
 
 from amych_tf import data
-from amych_tf.cli import train
+from amych_tf.cli import evaluate, train
 from amych_tf.training import callbacks, curriculum, resume, trainer
 from amych_tf.training.config import ConfigError, TrainConfig, read_train_config
 
@@ -164,7 +164,7 @@ def event_tags(directory):
     return tags
 
 
-def test_training_writes_the_model_dir_and_tensorboard_media(tiny_data, tmp_path):
+def test_training_writes_the_model_dir_and_tensorboard_media(tiny_data, tmp_path, capsys):
     model_dir = str(tmp_path / "run")
     summary = run_training(**train_flags(tiny_data, model_dir))
     for name in ("flags.txt", "config.json", "metrics.json", "checkpoints/latest.weights.h5",
@@ -187,18 +187,19 @@ def test_training_writes_the_model_dir_and_tensorboard_media(tiny_data, tmp_path
     for tag in ("transformations/gain", "transformations/pitch_ratio", "transformations/high_cutoff"):
         assert tags.get(tag) == "histograms", (tag, tags.get(tag))
 
-    # The evaluate CLI on the same checkpoint and split reproduces training's final metrics.
+    # The evaluate command on the same checkpoint and split reproduces training's final metrics (its main()
+    # in this process: `python -m amych_tf.report` below and test_export/test_compare start commands anew).
     output = str(tmp_path / "eval" / "test.json")
-    completed = subprocess.run([sys.executable, "-m", "amych_tf.evaluate", f"--model_dir={model_dir}",
-                                "--split=test", f"--output={output}"], capture_output=True, text=True, timeout=300)
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    status, stdout, stderr = run_command_main(evaluate, [f"--model_dir={model_dir}", "--split=test",
+                                                         f"--output={output}"], capsys)
+    assert status == 0, stderr[-3000:]
     with open(output) as f:
         evaluated = json.load(f)
     for key in ("overall_accuracy", "average_accuracy", "confusion_matrix", "per_class_accuracy", "num_examples"):
         assert evaluated[key] == metrics[key], key
     assert abs(evaluated["rec_error"] - metrics["rec_error"]) < 1e-6
     assert os.path.getsize(str(tmp_path / "eval" / "test.png")) > 1000
-    assert completed.stdout.startswith("test OA ")
+    assert stdout.startswith("test OA ")
     # Table 1 of the run: one row per stage checkpoint, on the validation split.
     completed = subprocess.run([sys.executable, "-m", "amych_tf.report", f"--model_dir={model_dir}"],
                                capture_output=True, text=True, timeout=300)
@@ -209,9 +210,8 @@ def test_training_writes_the_model_dir_and_tensorboard_media(tiny_data, tmp_path
     assert [row["checkpoint"] for row in table["rows"]] == [os.path.relpath(p, model_dir) for p in stages]
     assert table["rows"][0]["row"] == "raw prototypes" and "| raw prototypes |" in completed.stdout
     assert all(0.0 <= row["overall_accuracy"] <= 1.0 for row in table["rows"])
-    completed = subprocess.run([sys.executable, "-m", "amych_tf.evaluate", f"--model_dir={tmp_path}/nothing"],
-                               capture_output=True, text=True, timeout=300)
-    assert completed.returncode == 2 and completed.stderr.count("error:") == 1, completed.stderr
+    status, _, stderr = run_command_main(evaluate, [f"--model_dir={tmp_path}/nothing"], capsys)
+    assert status == 2 and stderr.count("error:") == 1, stderr
 
 
 class Interrupt(Exception):
@@ -221,7 +221,7 @@ class Interrupt(Exception):
 def test_killed_run_resumes_in_the_same_stage_with_the_same_step_count(tiny_data, tmp_path, monkeypatch):
     model_dir = str(tmp_path / "run")
     # patience 0: a new curriculum stage every epoch, so the stage at the kill is known.
-    values = train_flags(tiny_data, model_dir, epochs=6, media_freq=0, patience=0)
+    values = train_flags(tiny_data, model_dir, epochs=4, media_freq=0, patience=0)  # killed after 3, resumed for 1
     seen = {}
     original_epoch_end = resume.TrainingBackup.on_epoch_end
 
