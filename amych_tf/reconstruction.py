@@ -63,16 +63,21 @@ def pitch_table(prototypes: tf.Tensor, mel_values, size: int = PITCH_TABLE_SIZE,
     `transforms.pitch_shift` of every prototype by every ratio, with the same
     interpolation (`transforms.interpolate_bins`' positions, border and formula),
     so the same values; but the read positions [size, F] depend on the ratio
-    alone, so each prototype is read with one gather along its bins instead of
-    broadcasting the prototypes to [size, K, F] and gathering per element (that
-    took ~60 ms of a 32-clip evaluation batch).
+    alone, so the prototypes' bins are gathered whole: rows of the transposed
+    prototypes [F, K], K values at a time. (Broadcasting the prototypes to
+    [size, K, F] and gathering per element took ~60 ms of a 32-clip evaluation
+    batch; a gather along the prototypes' last axis 10 CPU-ms, 22 with its
+    gradient; rows 2 and 11, the same values bit for bit. Measured on the AVX2
+    machine of benchmarks/RESULTS-train.md.)
     """
     ratios = tf.constant(np.exp(pitch_table_log_ratios(size, log_range)), tf.float32)
     num_bins = prototypes.shape[-1]
     lower, fraction = transforms.border_positions(
         *transforms.pitch_source_position(ratios, mel_values), num_bins)  # [size, F]
-    below, above = tf.gather(prototypes, lower, axis=-1), tf.gather(prototypes, lower + 1, axis=-1)  # [K, size, F]
-    return tf.transpose((1.0 - fraction) * below + fraction * above, [1, 0, 2])
+    columns = tf.transpose(prototypes)  # [F, K]
+    below, above = tf.gather(columns, lower), tf.gather(columns, lower + 1)  # [size, F, K]
+    fraction = tf.expand_dims(fraction, -1)
+    return tf.transpose((1.0 - fraction) * below + fraction * above, [0, 2, 1])
 
 
 def table_rows(pitch_ratio: tf.Tensor, size: int, num_prototypes: int, log_range: float = PITCH_LOG_RANGE):
