@@ -63,16 +63,21 @@ def pitch_table(prototypes: tf.Tensor, mel_values, size: int = PITCH_TABLE_SIZE,
     `transforms.pitch_shift` of every prototype by every ratio, with the same
     interpolation (`transforms.interpolate_bins`' positions, border and formula),
     so the same values; but the read positions [size, F] depend on the ratio
-    alone, so each prototype is read with one gather along its bins instead of
-    broadcasting the prototypes to [size, K, F] and gathering per element (that
-    took ~60 ms of a 32-clip evaluation batch).
+    alone, so the prototypes' bins are gathered whole: rows of the transposed
+    prototypes [F, K], K values at a time. (Broadcasting the prototypes to
+    [size, K, F] and gathering per element took ~60 ms of a 32-clip evaluation
+    batch; a gather along the prototypes' last axis 10 CPU-ms, 22 with its
+    gradient; rows 2 and 11, the same values bit for bit. Measured on the AVX2
+    machine of benchmarks/RESULTS-train.md.)
     """
     ratios = tf.constant(np.exp(pitch_table_log_ratios(size, log_range)), tf.float32)
     num_bins = prototypes.shape[-1]
     lower, fraction = transforms.border_positions(
         *transforms.pitch_source_position(ratios, mel_values), num_bins)  # [size, F]
-    below, above = tf.gather(prototypes, lower, axis=-1), tf.gather(prototypes, lower + 1, axis=-1)  # [K, size, F]
-    return tf.transpose((1.0 - fraction) * below + fraction * above, [1, 0, 2])
+    columns = tf.transpose(prototypes)  # [F, K]
+    below, above = tf.gather(columns, lower), tf.gather(columns, lower + 1)  # [size, F, K]
+    fraction = tf.expand_dims(fraction, -1)
+    return tf.transpose((1.0 - fraction) * below + fraction * above, [0, 2, 1])
 
 
 def table_rows(pitch_ratio: tf.Tensor, size: int, num_prototypes: int, log_range: float = PITCH_LOG_RANGE):
@@ -196,17 +201,34 @@ def _sum_over_bins(values):
     return tf.reshape(sums, tf.shape(values)[:-1])
 
 
+def _log1p_unit(d):
+    """log(1 + d) for d in [0, 1], as accurately as tf.math.log1p in float32, for XLA:CPU to vectorise.
+
+    log(1 + d) = 2 atanh(t) = 2 t (1 + t^2/3 + t^4/5 + ...) with t = d / (2 + d) in
+    [0, 1/3]: eight terms leave a truncation below 2e-9 relative. Against float64
+    over d in [0, 1] (exp(-30) to 1) the largest relative error is 2.1e-7,
+    tf.math.log1p's 2.4e-7 (measured). XLA:CPU's log1p was two thirds of the
+    forward kernel's time: 8.1 -> 5.3 CPU-ms per chunk of 256 frames (K = 33, 128 bins).
+    """
+    t = d / (2.0 + d)
+    t2 = t * t
+    series = 1.0 / 15.0
+    for coefficient in (1.0 / 13.0, 1.0 / 11.0, 1.0 / 9.0, 1.0 / 7.0, 1.0 / 5.0, 1.0 / 3.0, 1.0):
+        series = series * t2 + coefficient
+    return 2.0 * t * series
+
+
 def _hinge(alpha, beta):
     """softplus(s) and sigmoid(s) at s = alpha [F] + beta [..., 1], with one exp per (frame, prototype).
 
     exp(-|s|) is exp(-+alpha) exp(-+beta): the [F] and the [..., 1] factors are
     computed once each instead of an exp per element, which leaves one log1p per
-    element. Where a factor overflows its branch is not the one selected.
+    element (`_log1p_unit`). Where a factor overflows its branch is not the one selected.
     """
     s = alpha + beta
     above = s > 0.0
     decay = tf.where(above, tf.exp(-alpha) * tf.exp(-beta), tf.exp(alpha) * tf.exp(beta))  # exp(-|s|)
-    return tf.maximum(s, 0.0) + tf.math.log1p(decay), tf.where(above, 1.0, decay) / (1.0 + decay)
+    return tf.maximum(s, 0.0) + _log1p_unit(decay), tf.where(above, 1.0, decay) / (1.0 + decay)
 
 
 def _chunk_residual(x, flat_table, rows, weight, gain, low_slope, low_cutoff, high_slope, high_cutoff):
