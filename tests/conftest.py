@@ -4,6 +4,9 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+# What `import amych_tf` sets for users (amych_tf/__init__.py: oneDNN's kernels on any CPU); here
+# TensorFlow is imported first, so the tests ask for it themselves and run what users run.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 import numpy as np
 import pytest
