@@ -411,12 +411,13 @@ class WaveformVAE(PrebuiltModel):
     def compile(self, optimizer="adam", **kwargs):
         """Keras' compile; supervised, also the classifier's own Adam (the thesis' second step).
 
-        It copies the main optimiser's learning rate and is built here (inside the caller's
+        It reads the main optimiser's learning rate at every step (so a reduction on plateau,
+        --lr_plateau_patience, slows both steps) and is built here (inside the caller's
         distribution scope), so train_step creates no variable.
         """
         super().compile(optimizer=optimizer, **kwargs)
         if self.supervised:
-            self.classification_optimizer = keras.optimizers.Adam(float(np.asarray(self.optimizer.learning_rate)))
+            self.classification_optimizer = keras.optimizers.Adam(lambda: self.optimizer.learning_rate)
             self.classification_optimizer.build(self.classification_variables)
 
     @property

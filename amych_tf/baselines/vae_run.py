@@ -283,15 +283,16 @@ def train(config, info, flags_text: str | None = None) -> dict:
             selecting.append(selection.ClusteringSelection(split_data("train"), validation_data, best,
                                                            seed=config.seed))
     monitor = selecting[0].monitor if selecting else "loss"
+    selecting_rate = trainer.learning_rate_plateau(config, monitor) if selecting else []
     stopping = (selection.CPUBudget(config.cpu_budget) if config.cpu_budget else
                 keras.callbacks.EarlyStopping(monitor=monitor, mode="min" if monitor == "loss" else "max",
                                               patience=config.patience))
     latest = keras.callbacks.ModelCheckpoint(run_dir.checkpoint("latest"), save_weights_only=True)
     # The backup (amych_tf.training.resume) restores the counters and files of the callbacks it
     # tracks; the CPU budget has none (the process's CPU time is its state).
-    tracked = [*selecting, latest] + ([] if config.cpu_budget else [stopping])
+    tracked = [*selecting, *selecting_rate, latest] + ([] if config.cpu_budget else [stopping])
     backup = resume.TrainingBackup(run_dir.backup, tracked=tracked)
-    run_callbacks += [*selecting, stopping, keras.callbacks.TensorBoard(run_dir.logs), latest, backup]
+    run_callbacks += [*selecting, *selecting_rate, stopping, keras.callbacks.TensorBoard(run_dir.logs), latest, backup]
 
     train_seconds, budget = trainer.fit_with_budget(model, config, train_data, validation_data, run_callbacks)
     budget["selected_epoch"] = {callback.monitor: callback.best_epoch for callback in selecting}

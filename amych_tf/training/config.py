@@ -61,6 +61,11 @@ class TrainConfig:
     refine_epochs: int = _option(0, "integer", "APNet: after training, remove redundant prototypes (the APNet "
                                  "paper's section 5.2.1) and train this many more epochs (paper: 20). 0: no "
                                  "refinement.")
+    lr_plateau_patience: int = _option(0, "integer", "Baselines: multiply the learning rate by --lr_plateau_factor "
+                                       "after this many validations without a better selection metric "
+                                       "(keras.callbacks.ReduceLROnPlateau; down to 1/100 of --learning_rate). 0: "
+                                       "a constant learning rate.", lower_bound=0)
+    lr_plateau_factor: float = _option(0.5, "float", "Factor of each --lr_plateau_patience reduction.")
     warmup_steps: int = _option(2000, "integer", "Batches of learning-rate warm-up after each activation.")
     learning_rate: float = _option(1e-4, "float", "Base learning rate (AdamW).")
     weight_decay: float = _option(1e-6, "float", "Weight decay of the networks (0 on prototypes and beta).")
@@ -124,6 +129,11 @@ class TrainConfig:
         model_class = self.model_class
         if self.refine_epochs and not model_class.refinable:
             raise ConfigError("--refine_epochs refines APNet's prototypes; it needs --model=apnet")
+        if self.lr_plateau_patience and model_class.playable:
+            raise ConfigError("--lr_plateau_patience applies to the baselines; PlayablePrototypes' learning rate "
+                              "follows its curriculum (warm-ups)")
+        if not 0 < self.lr_plateau_factor < 1:
+            raise ConfigError(f"--lr_plateau_factor must be in (0, 1), got {self.lr_plateau_factor}")
         if self.export_dir and not model_class.exportable:
             raise ConfigError("--export_dir exports PlayablePrototypes only (amych_tf.serving); baselines are not "
                               "served")

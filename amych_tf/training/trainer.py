@@ -203,11 +203,27 @@ def baseline_selection_callbacks(model, config: TrainConfig, info, validation_da
     monitor = "val_accuracy" if model.classifies else selection.CLUSTER_ACCURACY
     if model.classifies:
         result.append(selection.BestValidation(checkpoint_file(checkpoint_dir, "best"), monitor=monitor))
+    result += learning_rate_plateau(config, monitor)
     if config.cpu_budget:
         result.append(selection.CPUBudget(config.cpu_budget))
     else:
         result.append(keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=config.patience))
     return result
+
+
+def learning_rate_plateau(config: TrainConfig, monitor: str) -> list:
+    """[ReduceLROnPlateau on the selection metric `monitor`] if --lr_plateau_patience, else [].
+
+    Placed after the selection callbacks, which write a clustering metric into the epoch's logs.
+    The floor, 1/100 of --learning_rate, keeps a long run from stalling at zero.
+    """
+    import keras
+
+    if not config.lr_plateau_patience:
+        return []
+    return [keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode="max", factor=config.lr_plateau_factor,
+                                              patience=config.lr_plateau_patience,
+                                              min_lr=config.learning_rate / 100, verbose=1)]
 
 
 def selected_epochs(selection_callbacks) -> dict:
@@ -305,7 +321,8 @@ def training_callbacks(model, config: TrainConfig, info, run_dir: RunDir, valida
     run_callbacks.append(resume.TrainingBackup(run_dir.backup, tracked=[
         callback for callback in run_callbacks
         if isinstance(callback, (keras.callbacks.ModelCheckpoint, keras.callbacks.EarlyStopping,
-                                 selection.ClusteringSelection, selection.BestValidation))]))
+                                 keras.callbacks.ReduceLROnPlateau, selection.ClusteringSelection,
+                                 selection.BestValidation))]))
     return run_callbacks, baseline_selection
 
 
