@@ -307,3 +307,24 @@ def test_supervised_step_moves_the_classifier_by_its_own_adam_and_the_decoder_by
     # The first Adam step moves every weight by about the learning rate: the classifier's
     # weights got a full step of their own, not one scaled down by the ELBO's gradients.
     assert np.max(np.abs(after[0] - classifier_before[0])) == pytest.approx(1e-2, rel=0.05)
+
+
+def test_a_plateau_halves_the_learning_rate_of_both_adam_steps():
+    model = small_vae()
+    model.compile(optimizer=model.default_optimizer(1e-2))
+    FLAGS.unparse_flags()
+    FLAGS(["train"])
+    with flagsaver.flagsaver(model="vae", data_dir="unused", model_dir="unused", learning_rate=1e-2,
+                             lr_plateau_patience=2):
+        config = train.config_from_flags()
+    [plateau] = trainer.learning_rate_plateau(config, "val_accuracy")
+    plateau.set_model(model)
+    plateau.on_train_begin()
+    for epoch, accuracy in enumerate((0.5, 0.6, 0.6, 0.55)):  # two validations without a better one
+        plateau.on_epoch_end(epoch, {"val_accuracy": accuracy})
+    assert float(model.optimizer.learning_rate) == pytest.approx(5e-3)
+    assert float(model.classification_optimizer.learning_rate) == pytest.approx(5e-3)
+    assert plateau.min_lr == pytest.approx(1e-4)
+    with flagsaver.flagsaver(model="prototypes", data_dir="unused", model_dir="unused", lr_plateau_patience=2):
+        with pytest.raises(ConfigError, match="curriculum"):
+            train.config_from_flags().check()
