@@ -1,0 +1,63 @@
+"""The networks' inference path (batch norms folded into the next convolution) against the layers' own."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from amych_tf import networks
+from amych_tf.model import PlayablePrototypes
+from amych_tf.spectral import FeatureConfig
+
+
+@pytest.fixture(scope="module")
+def model():
+    """A built model whose batch norms hold statistics and affine weights far from the identity."""
+    tf.keras.utils.set_random_seed(1)
+    model = PlayablePrototypes(FeatureConfig.preset("sol"), 5)
+    model.build_for_frames()
+    rng = np.random.default_rng(0)
+    for variable in model.weights:
+        path = variable.path
+        if path.endswith(("moving_mean", "/beta", "/bias")):
+            variable.assign(rng.normal(0.0, 0.3, variable.shape).astype(np.float32))
+        elif path.endswith(("moving_variance", "/gamma")):
+            variable.assign(rng.uniform(0.3, 2.0, variable.shape).astype(np.float32))
+        elif "output" in path and path.endswith("kernel"):
+            variable.assign(rng.normal(0.0, 0.3, variable.shape).astype(np.float32))
+    return model
+
+
+def _unfolded(monkeypatch, function):
+    """`function()` with the inference path through the layers themselves (nothing folded)."""
+    with monkeypatch.context() as patch:
+        patch.setattr(networks, "_all_built", lambda layers: False)
+        return function()
+
+
+@pytest.mark.parametrize("frames", [16, 48, 112])
+def test_folded_inference_equals_the_layers(model, monkeypatch, frames):
+    x = tf.constant(np.random.default_rng(frames).uniform(0.0, 1.0, (3, frames, 128)), tf.float32)
+    folded = model.transformation_parameters(x, training=False)
+    reference = _unfolded(monkeypatch, lambda: model.transformation_parameters(x, training=False))
+    for name, value in reference.items():
+        np.testing.assert_allclose(folded[name].numpy(), value.numpy(), rtol=1e-5, atol=1e-5, err_msg=name)
+    bottleneck, skips = model.encoder(x, training=False)
+    reference_bottleneck, reference_skips = _unfolded(monkeypatch, lambda: model.encoder(x, training=False))
+    np.testing.assert_allclose(bottleneck.numpy(), reference_bottleneck.numpy(), rtol=1e-5, atol=1e-5)
+    for skip, reference_skip in zip(skips, reference_skips):
+        np.testing.assert_allclose(skip.numpy(), reference_skip.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_training_calls_the_layers(model, monkeypatch):
+    """training=True never folds: batch statistics, and the moving statistics updated."""
+    calls = []
+    monkeypatch.setattr(networks.Encoder, "_folded_call", lambda *args: calls.append(args))
+    monkeypatch.setattr(networks.TransformationDecoder, "_folded_call", lambda *args: calls.append(args))
+    saved = [variable.numpy() for variable in model.weights]
+    moving_mean = model.encoder.levels[0]["conv"][2].moving_mean
+    before = moving_mean.numpy().copy()
+    model.transformation_parameters(tf.random.uniform([2, 32, 128]), training=True)
+    assert not calls
+    assert not np.array_equal(moving_mean.numpy(), before)
+    for variable, value in zip(model.weights, saved):
+        variable.assign(value)
