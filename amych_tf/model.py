@@ -296,9 +296,14 @@ class PlayablePrototypes(PrebuiltModel):
 
     def transformation_parameters(self, log_mel, training=None) -> dict[str, tf.Tensor]:
         """Per-frame, per-prototype parameters, each [B, T, K], bounded as in docs/DESIGN.md, section 2.3."""
+        return self._parameters(log_mel, training)
+
+    def _parameters(self, log_mel, training, pitch_gate=None) -> dict[str, tf.Tensor]:
+        """`transformation_parameters`, the pitch ratio exp(g log s) with g = `pitch_gate` if given."""
         bottleneck, skips = self.encoder(log_mel, training=training)
         gain = GAIN_SCALE * tf.tanh(self.gain_decoder(bottleneck, skips, training=training)[..., 0])
-        pitch = tf.exp(PITCH_SCALE * tf.tanh(self.pitch_decoder(bottleneck, skips, training=training)[..., 0]))
+        log_ratio = PITCH_SCALE * tf.tanh(self.pitch_decoder(bottleneck, skips, training=training)[..., 0])
+        pitch = tf.exp(log_ratio if pitch_gate is None else pitch_gate * log_ratio)
         filters = FILTER_SCALE * tf.tanh(self.filters_decoder(bottleneck, skips, training=training))
         return {
             "gain": gain,
@@ -316,6 +321,20 @@ class PlayablePrototypes(PrebuiltModel):
             low_slope=parameters["low_slope"], high_slope=parameters["high_slope"])
         return {**parameters, "gain": gain, "pitch_ratio": pitch_ratio, "low_slope": low_slope,
                 "high_slope": high_slope}
+
+    def gated_transformation_parameters(self, log_mel, training=None) -> dict[str, tf.Tensor]:
+        """gated_parameters(transformation_parameters(log_mel)), the pitch gate g applied in the log.
+
+        s ** g as exp(g log s), log s straight from the decoder: the same values bit for bit
+        when g is 0 or 1 (what the gates hold), gradients included, without a pow over
+        [B, T, K] (1.7 ms of a 32-clip evaluation batch, measured; benchmarks/RESULTS-eval.md).
+        """
+        gates = tf.convert_to_tensor(self.transform_gates)
+        parameters = self._parameters(log_mel, training, pitch_gate=gates[transforms.STAGES.index("pitch")])
+        gain, _, low_slope, high_slope = transforms.gate_parameters(
+            gates, gain_db=parameters["gain"], pitch_ratio=tf.ones([]), low_slope=parameters["low_slope"],
+            high_slope=parameters["high_slope"])  # the pitch ratio is gated already
+        return {**parameters, "gain": gain, "low_slope": low_slope, "high_slope": high_slope}
 
     def shifted_prototypes(self, pitch_ratio: tf.Tensor, prototypes: tf.Tensor | None = None) -> tf.Tensor:
         """Eq. 2 for every prototype through the table of `amych_tf.reconstruction`: [B, T, K] -> [B, T, K, F].
@@ -343,7 +362,7 @@ class PlayablePrototypes(PrebuiltModel):
         always sees the input itself. Inference never blurs.
         """
         log_mel, mask = unpack_features(inputs)
-        parameters = self.gated_parameters(self.transformation_parameters(log_mel, training=training))
+        parameters = self.gated_transformation_parameters(log_mel, training=training)
         target, prototypes = log_mel, tf.convert_to_tensor(self.prototypes)
         if training:
             def blurred():
