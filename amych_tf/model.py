@@ -350,7 +350,16 @@ class PlayablePrototypes(PrebuiltModel):
         return reconstruction.reconstructions(
             self.shifted_prototypes(parameters["pitch_ratio"]), *_additive(parameters))
 
-    def _rec_errors_and_parameters(self, inputs, training):
+    def pitch_table(self) -> tf.Tensor:
+        """The prototypes shifted to every ratio of the table, [J, K, F] (`reconstruction.pitch_table`)."""
+        return reconstruction.pitch_table(tf.convert_to_tensor(self.prototypes), self.mel_values)
+
+    def rec_errors_from_table(self, inputs, pitch_table) -> tf.Tensor:
+        """L_rec(x, k) [B, K] in inference, `pitch_table()` given: evaluation computes it once per pass
+        instead of once per batch (~2 ms each, measured; benchmarks/RESULTS-eval.md)."""
+        return self._rec_errors_and_parameters(inputs, False, pitch_table)[0]
+
+    def _rec_errors_and_parameters(self, inputs, training, table=None):
         """L_rec(x, k) [B, K] (eq. 6) and the gated parameters, each [B, T, K].
 
         In training (training=True) the loss compares the input and the prototypes
@@ -359,8 +368,11 @@ class PlayablePrototypes(PrebuiltModel):
         Blurring both before the transformations approximates blurring the
         reconstruction (gain and filters are smooth in frequency, the pitch shift
         a smooth warp) at the cost of [K, F] instead of [B, T, K, F]. The encoder
-        always sees the input itself. Inference never blurs.
+        always sees the input itself. Inference never blurs. `table`: `pitch_table()` if
+        already computed (inference only).
         """
+        if table is not None and training:
+            raise ValueError("a precomputed pitch table is for inference: training may blur the prototypes")
         log_mel, mask = unpack_features(inputs)
         parameters = self.gated_transformation_parameters(log_mel, training=training)
         target, prototypes = log_mel, tf.convert_to_tensor(self.prototypes)
@@ -373,8 +385,10 @@ class PlayablePrototypes(PrebuiltModel):
             # between steps; at 0 (most of training, and the paper's setting) the step skips
             # the [B, T, F] x [F, F] product.
             target, prototypes = tf.cond(self.spectral_blur > 0.0, blurred, lambda: (log_mel, prototypes))
+        if table is None:
+            table = reconstruction.pitch_table(prototypes, self.mel_values)
         per_frame = reconstruction.table_frame_errors(
-            target, reconstruction.pitch_table(prototypes, self.mel_values), parameters["pitch_ratio"],
+            target, table, parameters["pitch_ratio"],
             *_additive(parameters))
         return masked_mean_over_time(per_frame, mask), parameters
 

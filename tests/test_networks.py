@@ -83,3 +83,12 @@ def test_gated_parameters_in_the_log_equal_the_pow(model, stages):
                 np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-9)
     finally:
         model.transform_gates.assign(saved)
+
+
+def test_rec_errors_from_a_precomputed_table_equal_the_call(model):
+    x = {"log_mel": tf.constant(np.random.default_rng(3).uniform(0.0, 1.0, (2, 48, 128)), tf.float32),
+         "mask": tf.constant(np.r_[np.ones(40), np.zeros(8)][None].repeat(2, 0), tf.float32)}
+    np.testing.assert_array_equal(model.rec_errors_from_table(x, model.pitch_table()).numpy(),
+                                  model(x, training=False)["rec_errors"].numpy())
+    with pytest.raises(ValueError, match="inference"):
+        model._rec_errors_and_parameters(x, True, model.pitch_table())
