@@ -72,7 +72,15 @@ def collect_rec_errors(model, dataset):
     """
     import numpy as np
 
-    rec_errors_of = traced(model, "rec_errors", lambda m, features: m(features, training=False)["rec_errors"])
+    if hasattr(model, "rec_errors_from_table"):
+        # The prototypes' pitch table depends on the weights alone: once per pass, not per batch.
+        table = traced(model, "pitch_table", lambda m, _: m.pitch_table())(())
+        from_table = traced(model, "rec_errors_from_table", lambda m, inputs: m.rec_errors_from_table(*inputs))
+
+        def rec_errors_of(features):
+            return from_table((features, table))
+    else:
+        rec_errors_of = traced(model, "rec_errors", lambda m, features: m(features, training=False)["rec_errors"])
     rec_errors, labels = [], []
     for features, batch_labels in dataset:
         rec_errors.append(rec_errors_of(features).numpy())

@@ -296,9 +296,14 @@ class PlayablePrototypes(PrebuiltModel):
 
     def transformation_parameters(self, log_mel, training=None) -> dict[str, tf.Tensor]:
         """Per-frame, per-prototype parameters, each [B, T, K], bounded as in docs/DESIGN.md, section 2.3."""
+        return self._parameters(log_mel, training)
+
+    def _parameters(self, log_mel, training, pitch_gate=None) -> dict[str, tf.Tensor]:
+        """`transformation_parameters`, the pitch ratio exp(g log s) with g = `pitch_gate` if given."""
         bottleneck, skips = self.encoder(log_mel, training=training)
         gain = GAIN_SCALE * tf.tanh(self.gain_decoder(bottleneck, skips, training=training)[..., 0])
-        pitch = tf.exp(PITCH_SCALE * tf.tanh(self.pitch_decoder(bottleneck, skips, training=training)[..., 0]))
+        log_ratio = PITCH_SCALE * tf.tanh(self.pitch_decoder(bottleneck, skips, training=training)[..., 0])
+        pitch = tf.exp(log_ratio if pitch_gate is None else pitch_gate * log_ratio)
         filters = FILTER_SCALE * tf.tanh(self.filters_decoder(bottleneck, skips, training=training))
         return {
             "gain": gain,
@@ -317,6 +322,20 @@ class PlayablePrototypes(PrebuiltModel):
         return {**parameters, "gain": gain, "pitch_ratio": pitch_ratio, "low_slope": low_slope,
                 "high_slope": high_slope}
 
+    def gated_transformation_parameters(self, log_mel, training=None) -> dict[str, tf.Tensor]:
+        """gated_parameters(transformation_parameters(log_mel)), the pitch gate g applied in the log.
+
+        s ** g as exp(g log s), log s straight from the decoder: the same values bit for bit
+        when g is 0 or 1 (what the gates hold), gradients included, without a pow over
+        [B, T, K] (1.7 ms of a 32-clip evaluation batch, measured; benchmarks/RESULTS-eval.md).
+        """
+        gates = tf.convert_to_tensor(self.transform_gates)
+        parameters = self._parameters(log_mel, training, pitch_gate=gates[transforms.STAGES.index("pitch")])
+        gain, _, low_slope, high_slope = transforms.gate_parameters(
+            gates, gain_db=parameters["gain"], pitch_ratio=tf.ones([]), low_slope=parameters["low_slope"],
+            high_slope=parameters["high_slope"])  # the pitch ratio is gated already
+        return {**parameters, "gain": gain, "low_slope": low_slope, "high_slope": high_slope}
+
     def shifted_prototypes(self, pitch_ratio: tf.Tensor, prototypes: tf.Tensor | None = None) -> tf.Tensor:
         """Eq. 2 for every prototype through the table of `amych_tf.reconstruction`: [B, T, K] -> [B, T, K, F].
 
@@ -331,7 +350,16 @@ class PlayablePrototypes(PrebuiltModel):
         return reconstruction.reconstructions(
             self.shifted_prototypes(parameters["pitch_ratio"]), *_additive(parameters))
 
-    def _rec_errors_and_parameters(self, inputs, training):
+    def pitch_table(self) -> tf.Tensor:
+        """The prototypes shifted to every ratio of the table, [J, K, F] (`reconstruction.pitch_table`)."""
+        return reconstruction.pitch_table(tf.convert_to_tensor(self.prototypes), self.mel_values)
+
+    def rec_errors_from_table(self, inputs, pitch_table) -> tf.Tensor:
+        """L_rec(x, k) [B, K] in inference, `pitch_table()` given: evaluation computes it once per pass
+        instead of once per batch (~2 ms each, measured; benchmarks/RESULTS-eval.md)."""
+        return self._rec_errors_and_parameters(inputs, False, pitch_table)[0]
+
+    def _rec_errors_and_parameters(self, inputs, training, table=None):
         """L_rec(x, k) [B, K] (eq. 6) and the gated parameters, each [B, T, K].
 
         In training (training=True) the loss compares the input and the prototypes
@@ -340,10 +368,13 @@ class PlayablePrototypes(PrebuiltModel):
         Blurring both before the transformations approximates blurring the
         reconstruction (gain and filters are smooth in frequency, the pitch shift
         a smooth warp) at the cost of [K, F] instead of [B, T, K, F]. The encoder
-        always sees the input itself. Inference never blurs.
+        always sees the input itself. Inference never blurs. `table`: `pitch_table()` if
+        already computed (inference only).
         """
+        if table is not None and training:
+            raise ValueError("a precomputed pitch table is for inference: training may blur the prototypes")
         log_mel, mask = unpack_features(inputs)
-        parameters = self.gated_parameters(self.transformation_parameters(log_mel, training=training))
+        parameters = self.gated_transformation_parameters(log_mel, training=training)
         target, prototypes = log_mel, tf.convert_to_tensor(self.prototypes)
         if training:
             def blurred():
@@ -354,8 +385,10 @@ class PlayablePrototypes(PrebuiltModel):
             # between steps; at 0 (most of training, and the paper's setting) the step skips
             # the [B, T, F] x [F, F] product.
             target, prototypes = tf.cond(self.spectral_blur > 0.0, blurred, lambda: (log_mel, prototypes))
+        if table is None:
+            table = reconstruction.pitch_table(prototypes, self.mel_values)
         per_frame = reconstruction.table_frame_errors(
-            target, reconstruction.pitch_table(prototypes, self.mel_values), parameters["pitch_ratio"],
+            target, table, parameters["pitch_ratio"],
             *_additive(parameters))
         return masked_mean_over_time(per_frame, mask), parameters
 

@@ -127,6 +127,98 @@ def mirror_pad_2d(x: tf.Tensor, mode: str = "REFLECT") -> tf.Tensor:
     return tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], mode=mode)
 
 
+# ---------------------------------------------------------------------------
+# Inference (training=False) with every batch norm that feeds a convolution folded into it.
+#
+# In inference a batch norm is a per-channel affine map, x -> x * scale + shift, and every
+# one here follows a ReLU, so it cannot join the convolution before it, but it can join
+# the one after it when nothing pads its output with zeros: kernel * scale along the input
+# channels, bias + the kernel's sum against shift. The encoder's convolutions pad by mirroring
+# (which commutes with a per-channel map) or not at all, so all of its batch norms fold
+# (and so does its 2x - 1); in the decoders, the batch norm before each transposed
+# convolution and the one before the output layer fold, the one after each transposed
+# convolution (whose output a zero-padded convolution reads) stays. The same values up to
+# float32 round-off (tests/test_networks.py); weights, checkpoints and training are
+# untouched: the folded kernels are computed from the variables at each call.
+
+
+def _affine(bn):
+    """(scale, shift) [C]: bn(x, training=False) = x * scale + shift."""
+    scale = tf.convert_to_tensor(bn.gamma) * tf.math.rsqrt(tf.convert_to_tensor(bn.moving_variance) + bn.epsilon)
+    return scale, tf.convert_to_tensor(bn.beta) - tf.convert_to_tensor(bn.moving_mean) * scale
+
+
+def _folded(kernel, bias, affine, input_axis, output_axis=-1):
+    """A kernel and bias that apply a convolution to x * scale + shift when given x.
+
+    `input_axis` and `output_axis`: the kernel's axes of input and output channels;
+    the bias gains the kernel summed over every axis but the output one, against the shift.
+    """
+    kernel, bias = tf.convert_to_tensor(kernel), tf.convert_to_tensor(bias)
+    if affine is None:
+        return kernel, bias
+    scale, shift = affine
+    rank = kernel.shape.rank
+    input_axis, output_axis = input_axis % rank, output_axis % rank
+    broadcast = [-1 if axis == input_axis else 1 for axis in range(rank)]
+    summed = [axis for axis in range(rank) if axis != output_axis]
+    return kernel * tf.reshape(scale, broadcast), bias + tf.reduce_sum(kernel * tf.reshape(shift, broadcast), summed)
+
+
+def _mirror_pad_by_slices(x, mode="REFLECT"):
+    """`mirror_pad_2d` by concatenating slices, the same values: TensorFlow's MirrorPad took
+    1.6x the CPU time (measured, benchmarks/RESULTS-eval.md, session 11)."""
+    first, last = (1, -2) if mode == "REFLECT" else (0, -1)
+    x = tf.concat([x[:, first:first + 1], x, x[:, last:last + 1 or None]], axis=1)
+    return tf.concat([x[:, :, first:first + 1], x, x[:, :, last:last + 1 or None]], axis=2)
+
+
+def _conv2d_block(layers, x, affine):
+    """conv (valid) + ReLU of a `_conv_block_2d` on x * scale + shift; returns the output and its batch norm."""
+    conv, _, bn = layers
+    kernel, bias = _folded(conv.kernel, conv.bias, affine, input_axis=2)
+    y = tf.nn.conv2d(x, kernel, strides=conv.strides, padding="VALID")
+    return tf.nn.relu(tf.nn.bias_add(y, bias)), _affine(bn)
+
+
+def _collapse(conv, x, affine):
+    """A spectral collapse (`Conv2D`) of x * scale + shift: [B, T, F, C] -> [B, T, filters]."""
+    kernel, bias = _folded(conv.kernel, conv.bias, affine, input_axis=2)
+    shape = tf.shape(x)
+    rows = tf.reshape(x, [-1, x.shape[2] * x.shape[3]])
+    columns = tf.reshape(kernel, [-1, conv.filters])
+    if conv.filters <= 4:
+        # A matrix-vector product per output channel: oneDNN's product by a [F C, 2] matrix took
+        # twice the CPU time (measured, benchmarks/RESULTS-eval.md, session 11).
+        outputs = tf.stack([tf.linalg.matvec(rows, columns[:, i]) for i in range(conv.filters)], axis=-1)
+    else:
+        outputs = tf.matmul(rows, columns)
+    return tf.reshape(outputs + bias, [shape[0], shape[1], conv.filters])
+
+
+def _transposed_pairs(tconv, x, affine):
+    """A Conv1DTranspose of kernel 2, stride 2 (valid) on x * scale + shift, as one matrix product.
+
+    Output frame 2t + j is tap j of the kernel [2, filters, C] applied to input frame t, so
+    with the batch norm folded each tap has its own bias; [B, T, C] -> [B, 2T, filters].
+    (oneDNN's transposed convolution took ~8% of the networks' inference time, measured.)
+    """
+    kernel, bias = tf.convert_to_tensor(tconv.kernel), tf.convert_to_tensor(tconv.bias)
+    scale, shift = affine
+    taps, filters, channels = kernel.shape
+    pair_bias = bias + tf.einsum("joi,i->jo", kernel, shift)  # [2, filters]
+    # Rows j * filters + o of the kernel [2 filters, C], multiplied transposed (a transpose op took
+    # ~0.3 ms per call, measured): output column j * filters + o is tap j, channel o.
+    taps_rows = tf.reshape(kernel * scale, [taps * filters, channels])
+    shape = tf.shape(x)
+    outputs = tf.matmul(tf.reshape(x, [-1, channels]), taps_rows, transpose_b=True) + tf.reshape(pair_bias, [-1])
+    return tf.reshape(outputs, [shape[0], shape[1] * taps, filters])
+
+
+def _all_built(layers) -> bool:
+    return all(layer.built for layer in layers)
+
+
 @keras.saving.register_keras_serializable(package="amych_tf")
 class Encoder(keras.layers.Layer):
     """Shared 2-D encoder with learned spectral collapse.
@@ -171,7 +263,14 @@ class Encoder(keras.layers.Layer):
             decoder_width, (1, num_mels // 2**n_pools), padding="valid", name="bottleneck_collapse"
         )
 
+    def _call_layers(self):
+        for level in self.levels:
+            yield from level["conv"] + [level["collapse"]] + level["down"]
+        yield from self.bottleneck + [self.bottleneck_collapse]
+
     def call(self, log_mel, training=None):
+        if not training and _all_built(self._call_layers()):
+            return self._folded_call(log_mel)
         x = tf.expand_dims(2.0 * log_mel - 1.0, -1)
         skips = []
         for level in self.levels:
@@ -183,6 +282,18 @@ class Encoder(keras.layers.Layer):
         # cannot pad.
         x = _apply(self.bottleneck, mirror_pad_2d(x, "SYMMETRIC"), training)
         return tf.squeeze(self.bottleneck_collapse(x), axis=2), skips
+
+    def _folded_call(self, log_mel):
+        """`call` in inference, each batch norm (and the input's 2x - 1) folded into the next convolution."""
+        x = tf.expand_dims(log_mel, -1)
+        affine = (tf.constant([2.0]), tf.constant([-1.0]))  # 2x - 1
+        skips = []
+        for level in self.levels:
+            x, affine = _conv2d_block(level["conv"], _mirror_pad_by_slices(x), affine)
+            skips.append(_collapse(level["collapse"], x, affine))
+            x, affine = _conv2d_block(level["down"], x, affine)
+        x, affine = _conv2d_block(self.bottleneck, _mirror_pad_by_slices(x, "SYMMETRIC"), affine)
+        return _collapse(self.bottleneck_collapse, x, affine), skips
 
     def get_config(self):
         return {
@@ -241,7 +352,14 @@ class TransformationDecoder(keras.layers.Layer):
             name="output",
         )
 
+    def _call_layers(self):
+        for level in self.levels:
+            yield from level["conv"] + level["up"]
+        yield from self.head + [self.output_conv]
+
     def call(self, bottleneck, skips, training=None):
+        if not training and _all_built(self._call_layers()):
+            return self._folded_call(bottleneck, skips)
         x = bottleneck
         for level, skip in zip(self.levels, reversed(skips)):
             x = _apply(level["conv"], x, training)
@@ -250,6 +368,21 @@ class TransformationDecoder(keras.layers.Layer):
         x = self.output_conv(_apply(self.head, x, training))
         frames = tf.shape(x)[1]
         return tf.reshape(x, [-1, frames, self.num_prototypes, self.num_params])
+
+    def _folded_call(self, bottleneck, skips):
+        """`call` in inference, the batch norms before the transposed convolutions and the output folded."""
+        x = bottleneck
+        for level, skip in zip(self.levels, reversed(skips)):
+            conv, relu, bn = level["conv"]
+            tconv, _, tconv_bn = level["up"]
+            x = _transposed_pairs(tconv, relu(conv(x)), _affine(bn))
+            x = tf.concat([tconv_bn(tf.nn.relu(x), training=False), skip], axis=-1)
+        conv, relu, bn = self.head
+        kernel, bias = _folded(self.output_conv.kernel, self.output_conv.bias, _affine(bn), input_axis=1)
+        x = relu(conv(x))
+        shape = tf.shape(x)
+        x = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), kernel[0]) + bias
+        return tf.reshape(x, [shape[0], shape[1], self.num_prototypes, self.num_params])
 
     def get_config(self):
         return {

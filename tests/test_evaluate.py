@@ -19,20 +19,23 @@ def test_rec_errors_follow_loaded_weights_without_retracing_and_free_the_model(t
     model = write_model_dir(str(tmp_path / "run"))
 
     before, labels = evaluation.collect_rec_errors(model, split)
-    function = evaluation._TRACED[model]["rec_errors"]
+    # The prototypes' pitch table once per pass, then the batches from it.
+    table_function = evaluation._TRACED[model]["pitch_table"]
+    function = evaluation._TRACED[model]["rec_errors_from_table"]
     traces = function.experimental_get_tracing_count()
-    assert traces <= 2
+    assert traces <= 2 and table_function.experimental_get_tracing_count() == 1
 
     # Report and compare load one checkpoint after another into the same model.
     model.prototypes.assign(model.prototypes.numpy() + 0.25)
     after, _ = evaluation.collect_rec_errors(model, split)
     assert function.experimental_get_tracing_count() == traces
+    assert table_function.experimental_get_tracing_count() == 1
     assert not np.allclose(before, after)
     expected = np.concatenate([model(features, training=False)["rec_errors"].numpy() for features, _ in split])
     np.testing.assert_allclose(after, expected, rtol=1e-5, atol=1e-7)
     np.testing.assert_array_equal(labels, np.arange(4) % 3)
 
     reference = weakref.ref(model)
-    del model, function
+    del model, function, table_function
     gc.collect()
     assert reference() is None, "the cache of traced functions keeps the model alive"

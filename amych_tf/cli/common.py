@@ -24,7 +24,10 @@ def define_run_flags() -> None:
     if "data_dir" not in FLAGS:
         flags.DEFINE_string("data_dir", None, "Prepared dataset (default: the one in the model's config.json).")
     if "eval_batch_size" not in FLAGS:
-        flags.DEFINE_integer("eval_batch_size", 32, "Clips per evaluation batch.")
+        # 32 rather than 128: 128 is 5-8% faster on ~100-frame clips but doubled the peak memory on
+        # clips of ~1100 frames (2.17 against 1.17 GB) for no speed (benchmarks/RESULTS-eval.md, session 11).
+        flags.DEFINE_integer("eval_batch_size", 32, "Clips per evaluation batch (results do not depend on it; "
+                             "larger batches are a little faster on short clips and need more memory on long ones).")
 
 
 def define_evaluation_flags() -> None:
