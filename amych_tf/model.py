@@ -294,12 +294,11 @@ class PlayablePrototypes(PrebuiltModel):
     def beta(self) -> tf.Tensor:
         return tf.math.softplus(tf.convert_to_tensor(self.beta_free))
 
-    def transformation_parameters(self, log_mel, training=None) -> dict[str, tf.Tensor]:
-        """Per-frame, per-prototype parameters, each [B, T, K], bounded as in docs/DESIGN.md, section 2.3."""
-        return self._parameters(log_mel, training)
+    def transformation_parameters(self, log_mel, training=None, pitch_gate=None) -> dict[str, tf.Tensor]:
+        """Per-frame, per-prototype parameters, each [B, T, K], bounded as in docs/DESIGN.md, section 2.3.
 
-    def _parameters(self, log_mel, training, pitch_gate=None) -> dict[str, tf.Tensor]:
-        """`transformation_parameters`, the pitch ratio exp(g log s) with g = `pitch_gate` if given."""
+        `pitch_gate` g: the pitch ratio as exp(g log s) (`gated_transformation_parameters`).
+        """
         bottleneck, skips = self.encoder(log_mel, training=training)
         gain = GAIN_SCALE * tf.tanh(self.gain_decoder(bottleneck, skips, training=training)[..., 0])
         log_ratio = PITCH_SCALE * tf.tanh(self.pitch_decoder(bottleneck, skips, training=training)[..., 0])
@@ -330,7 +329,8 @@ class PlayablePrototypes(PrebuiltModel):
         [B, T, K] (1.7 ms of a 32-clip evaluation batch, measured; benchmarks/RESULTS-eval.md).
         """
         gates = tf.convert_to_tensor(self.transform_gates)
-        parameters = self._parameters(log_mel, training, pitch_gate=gates[transforms.STAGES.index("pitch")])
+        pitch_gate = gates[transforms.STAGES.index("pitch")]
+        parameters = self.transformation_parameters(log_mel, training, pitch_gate=pitch_gate)
         gain, _, low_slope, high_slope = transforms.gate_parameters(
             gates, gain_db=parameters["gain"], pitch_ratio=tf.ones([]), low_slope=parameters["low_slope"],
             high_slope=parameters["high_slope"])  # the pitch ratio is gated already
