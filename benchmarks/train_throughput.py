@@ -51,16 +51,28 @@ flags.DEFINE_integer("steps", 12, "Timed steps.", lower_bound=1)
 flags.DEFINE_integer("warmup_steps", 3, "Steps before timing (the first traces and compiles).", lower_bound=1)
 flags.DEFINE_boolean("jit_compile", False, "Compile the whole train step with XLA (amych_tf.train: off by default).")
 flags.DEFINE_boolean("append_results", False, f"Append a row to {RESULTS_PATH}.")
+flags.DEFINE_string("profile_dir", None,
+                    "Trace the timed steps with tf.profiler into this directory (TensorBoard's profile tab, or "
+                    "benchmarks/op_profile.py for a table of op self-times). Tracing slows the steps: time without it.")
 
 
 class StepTimer(keras.callbacks.Callback):
-    def __init__(self):
+    """Wall and CPU time at the end of each step; traces the steps after `profile_after` into `profile_dir`."""
+
+    def __init__(self, profile_dir=None, profile_after=0):
         super().__init__()
         self.times, self.cpu_times = [], []
+        self.profile_dir, self.profile_after = profile_dir, profile_after
 
     def on_train_batch_end(self, batch, logs=None):
         self.times.append(time.perf_counter())
         self.cpu_times.append(time.process_time())
+        if self.profile_dir and batch + 1 == self.profile_after:
+            tf.profiler.experimental.start(self.profile_dir)
+
+    def on_train_end(self, logs=None):
+        if self.profile_dir:
+            tf.profiler.experimental.stop()
 
 
 def main(argv):
@@ -82,7 +94,7 @@ def main(argv):
     labels = rng.integers(0, FLAGS.num_prototypes, FLAGS.batch_size).astype(np.int32)
     dataset = tf.data.Dataset.from_tensors(({"log_mel": log_mel}, labels)).repeat(total)
 
-    timer = StepTimer()
+    timer = StepTimer(FLAGS.profile_dir, FLAGS.warmup_steps)
     start = time.perf_counter()
     model.fit(dataset, epochs=1, steps_per_epoch=total, callbacks=[timer], verbose=0)
     first_step = timer.times[0] - start
