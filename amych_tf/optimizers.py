@@ -23,6 +23,7 @@ from typing import Sequence
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 
 @keras.saving.register_keras_serializable(package="amych_tf")
@@ -76,12 +77,33 @@ class GroupedAdamW(keras.optimizers.Adam):
         return self._momentums[index], self._velocities[index]
 
     def update_step(self, gradient, variable, learning_rate):
+        """Decoupled weight decay, then Adam's update as one fused kernel (ResourceApplyAdam).
+
+        ResourceApplyAdam computes what Keras' Adam.update_step does (m and v moved by
+        (1 - beta), then var -= lr sqrt(1 - beta_2^t) / (1 - beta_1^t) m / (sqrt(v) + epsilon))
+        in one op instead of a dozen: tracing the training step's update of ~160 variables
+        took ~5 s with Keras' ops, and the step runs fewer kernels. AMSGrad is Keras' own.
+        """
         group = self._group_index[self._var_key(variable)]
-        lr = keras.ops.cast(learning_rate, variable.dtype) * keras.ops.cast(self.group_scales[group], variable.dtype)
+        dtype = variable.dtype
+        lr = tf.cast(learning_rate, dtype) * tf.cast(self.group_scales[group], dtype)
         weight_decay = self.groups[group][2]
         if weight_decay:
             self.assign_sub(variable, variable * (weight_decay * lr))
-        super().update_step(gradient, variable, lr)
+        if self.amsgrad:
+            return super().update_step(gradient, variable, lr)
+        step = tf.cast(self.iterations + 1, dtype)
+        momentum, velocity = self.moments(variable)
+        tf.raw_ops.ResourceApplyAdam(
+            var=_handle(variable), m=_handle(momentum), v=_handle(velocity),
+            beta1_power=tf.pow(tf.cast(self.beta_1, dtype), step), beta2_power=tf.pow(tf.cast(self.beta_2, dtype), step),
+            lr=lr, beta1=tf.cast(self.beta_1, dtype), beta2=tf.cast(self.beta_2, dtype),
+            epsilon=tf.cast(self.epsilon, dtype), grad=tf.cast(gradient, dtype))
 
     def get_config(self):
         return {**super().get_config(), "groups": [list(g) for g in self.groups]}
+
+
+def _handle(variable):
+    """The resource handle of a Keras variable (its tf.Variable's; under a distribution strategy, this device's)."""
+    return (variable.value if isinstance(variable, keras.Variable) else variable).handle

@@ -119,6 +119,29 @@ def test_optimizer_groups_scale_learning_and_weight_decay():
         bad.build(model.trainable_variables)
 
 
+def test_grouped_adamw_follows_adam_with_decoupled_decay_per_group():
+    """Against NumPy: Adam (Kingma & Ba, Keras' epsilon outside the root) at lr * scale, decay lr * scale * wd."""
+    rng = np.random.default_rng(0)
+    starts = [rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=(5,)).astype(np.float32)]
+    variables = [keras.Variable(starts[0], name="dense_kernel"), keras.Variable(starts[1], name="proto")]
+    optimizer = GroupedAdamW([("dense", r"dense_kernel$", 0.1, 0.5), ("proto", r"proto$", 0.0, 2.0)],
+                             learning_rate=1e-2)
+    expected = [w.astype(np.float64) for w in starts]
+    moments = [[np.zeros_like(w), np.zeros_like(w)] for w in expected]
+    for step in range(1, 5):
+        gradients = [rng.normal(size=w.shape).astype(np.float32) for w in starts]
+        optimizer.apply_gradients([(tf.constant(g), v) for g, v in zip(gradients, variables)])
+        for w, (m, v), g, (scale, decay) in zip(expected, moments, gradients, [(0.5, 0.1), (2.0, 0.0)]):
+            lr = 1e-2 * scale
+            w -= w * decay * lr
+            m += (g - m) * (1 - 0.9)
+            v += (g * g - v) * (1 - 0.999)
+            w -= lr * np.sqrt(1 - 0.999**step) / (1 - 0.9**step) * m / (np.sqrt(v) + 1e-7)
+    for variable, w in zip(variables, expected):
+        np.testing.assert_allclose(variable.numpy(), w, rtol=0, atol=2e-6)
+    assert np.abs(variables[1].numpy() - starts[1]).min() > 1e-3  # the values did move
+
+
 def scripted_curriculum(model, losses, batches_per_epoch=4, **kwargs):
     """Epochs of `batches_per_epoch` batches ending with the given losses (warm-ups last 4 batches)."""
     curriculum = callbacks.Curriculum(model.mode, learning_rate=1e-2, patience=2, warmup_steps=4, **kwargs)
