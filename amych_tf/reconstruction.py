@@ -20,14 +20,14 @@ Two changes make it cheap:
 * **One fused, compiled error with a hand-written gradient**
   (`table_frame_errors`). Gain and the two filters are additive after the
   pitch shift (the pitch shift is an interpolation whose weights sum to 1, so
-  it commutes with adding a constant gain), so R = shifted + g + L + H. Two
-  XLA kernels work on chunks of `FRAMES_PER_CHUNK` frames: one computes
+  it commutes with adding a constant gain), so R = shifted + g + L + H. XLA
+  kernels work on chunks of `FRAMES_PER_CHUNK` frames: one computes
   mean_f (x - R)^2 with the table lookup, both filters and the square fused
-  in one pass; the other, on the way back, recomputes the residual, reduces
-  it against each parameter's derivative and scatters it into the table's
-  rows. No [B, T, K, F] tensor is ever whole. Chunks run in parallel (XLA:CPU
-  runs each kernel on one thread), and inference compiles one shape whatever
-  the batch and clip lengths.
+  in one pass; on the way back, one recomputes the residual and the next
+  reduces it against each parameter's derivative and scatters it into the
+  table's rows. No [B, T, K, F] tensor is ever whole. Chunks run in parallel
+  (XLA:CPU runs each kernel on one thread), and inference compiles one shape
+  whatever the batch and clip lengths.
 
 Where the time went, and what each change bought, is in benchmarks/RESULTS-train.md
 (on the earlier machine of that file, one training step went from 1.75 s on 2 cores to 0.70 CPU-s). `frame_errors` is
@@ -237,53 +237,69 @@ def _hinge(alpha, beta):
     return tf.maximum(s, 0.0) + _log1p_unit(decay), tf.where(above, 1.0, decay) / (1.0 + decay)
 
 
-def _chunk_residual(x, flat_table, rows, weight, gain, low_slope, low_cutoff, high_slope, high_cutoff):
-    """x - R for a chunk of frames: x [n, F], the rest [n, K] -> [n, K, F], and what the gradient reuses.
+def _chunk_terms(flat_table, rows, low_cutoff, high_cutoff):
+    """What R is made of for a chunk, each [n, K, F]: the table rows it interpolates, each filter's hinge and slope.
 
-    R = shifted + g + L + H with L = slope_l softplus(10 z_l) / 10, z_l = -2 (u - 0.5 + c_l),
-    and H likewise with z_h = 2 (u - 0.5 + c_h) (eqs. 1-4, `transforms`).
+    Returns below, above, low, low_sigmoid, high, high_sigmoid: L = slope_l low with
+    low = softplus(10 z_l) / 10, z_l = -2 (u - 0.5 + c_l), and H likewise with
+    z_h = 2 (u - 0.5 + c_h) (eqs. 1-4, `transforms`); the sigmoids are d softplus_10(z) / dz.
     """
-    num_prototypes, num_bins = rows.shape[-1], x.shape[-1]
+    num_prototypes, num_bins = rows.shape[-1], flat_table.shape[-1]
     sharp = transforms.FILTER_SHARPNESS
     # 10 z_l = alpha - 20 c_l and 10 z_h = -alpha + 20 c_h, alpha = 20 (0.5 - u).
     alpha = tf.constant(2.0 * sharp * (0.5 - np.linspace(0.0, 1.0, num_bins)), tf.float32)
     below, above = tf.gather(flat_table, rows), tf.gather(flat_table, rows + num_prototypes)
-    w = tf.expand_dims(weight, -1)
     low, low_sigmoid = _hinge(alpha, -2.0 * sharp * tf.expand_dims(low_cutoff, -1))
     high, high_sigmoid = _hinge(-alpha, 2.0 * sharp * tf.expand_dims(high_cutoff, -1))
-    low, high = low / sharp, high / sharp
+    return below, above, low / sharp, low_sigmoid, high / sharp, high_sigmoid
+
+
+def _chunk_residual(x, flat_table, rows, weight, gain, low_slope, low_cutoff, high_slope, high_cutoff):
+    """x - R for a chunk of frames: x [n, F], the rest [n, K] -> [n, K, F], R = shifted + g + L + H."""
+    below, above, low, _, high, _ = _chunk_terms(flat_table, rows, low_cutoff, high_cutoff)
+    w = tf.expand_dims(weight, -1)
     # A chain of subtractions: x - (shifted + g + L + H) made XLA's CPU code 1.6x slower (measured).
-    residual = (
+    return (
         tf.expand_dims(x, -2) - ((1.0 - w) * below + w * above) - tf.expand_dims(gain, -1)
         - tf.expand_dims(low_slope, -1) * low - tf.expand_dims(high_slope, -1) * high
     )
-    return residual, below, above, low, low_sigmoid, high, high_sigmoid
 
 
 @tf.function(jit_compile=True, autograph=False)
 def _chunk_errors(x, flat_table, rows, weight, gain, low_slope, low_cutoff, high_slope, high_cutoff):
     """mean_f (x - R)^2 of a chunk: [n, K]."""
-    residual = _chunk_residual(x, flat_table, rows, weight, gain, low_slope, low_cutoff, high_slope, high_cutoff)[0]
+    residual = _chunk_residual(x, flat_table, rows, weight, gain, low_slope, low_cutoff, high_slope, high_cutoff)
     return _sum_over_bins(tf.square(residual)) / x.shape[-1]
 
 
-@tf.function(jit_compile=True, autograph=False)
-def _chunk_gradients(x, flat_table, rows, weight, gain, low_slope, low_cutoff, high_slope, high_cutoff, upstream):
-    """Gradients of sum(upstream * errors) of a chunk: table [J K, F], then weight and each parameter [n, K].
+# The gradient takes two kernels. The first recomputes the residual (rather than keeping
+# it from the forward pass: one [n, K, F] tensor instead of [B, T, K, F] ones alive between
+# the passes) and returns d/dR; the second reads d/dR for the table's scatter and the six
+# sums. In one kernel XLA:CPU computed the residual again inside every fusion that read
+# it: both scatters' updates and each of the six products of the sums, 8 evaluations per
+# element (XLA:CPU drops an optimization barrier). Passing d/dR from one kernel to the
+# next keeps it once, a 4.3 MB tensor: 30-31 -> 13-15 CPU-ms per chunk of 256 frames
+# (K = 33, 128 bins, one thread; benchmarks/RESULTS-train.md, session 12).
 
-    The residual is recomputed rather than kept from the forward pass: one
-    [n, K, F] pass instead of [B, T, K, F] tensors alive between the passes.
-    """
-    residual, below, above, low, low_sigmoid, high, high_sigmoid = _chunk_residual(
-        x, flat_table, rows, weight, gain, low_slope, low_cutoff, high_slope, high_cutoff)
-    num_prototypes, num_bins = rows.shape[-1], x.shape[-1]
-    d_reconstruction = (-2.0 / num_bins) * tf.expand_dims(upstream, -1) * residual
+@tf.function(jit_compile=True, autograph=False)
+def _chunk_error_gradient(x, flat_table, rows, weight, gain, low_slope, low_cutoff, high_slope, high_cutoff, upstream):
+    """d sum(upstream * errors) / dR of a chunk = -(2 / F) upstream (x - R): [n, K, F]."""
+    residual = _chunk_residual(x, flat_table, rows, weight, gain, low_slope, low_cutoff, high_slope, high_cutoff)
+    return (-2.0 / x.shape[-1]) * tf.expand_dims(upstream, -1) * residual
+
+
+@tf.function(jit_compile=True, autograph=False)
+def _chunk_gradients(d_reconstruction, flat_table, rows, weight, low_slope, low_cutoff, high_slope, high_cutoff):
+    """Gradients of a chunk from d/dR [n, K, F]: table [J K, F], then weight and each parameter [n, K]."""
+    below, above, low, low_sigmoid, high, high_sigmoid = _chunk_terms(flat_table, rows, low_cutoff, high_cutoff)
+    num_prototypes = rows.shape[-1]
     w = tf.expand_dims(weight, -1)
     indices = tf.expand_dims(rows, -1)
     d_table = tf.tensor_scatter_nd_add(tf.zeros_like(flat_table), indices, (1.0 - w) * d_reconstruction)
     d_table = tf.tensor_scatter_nd_add(d_table, indices + num_prototypes, w * d_reconstruction)
-    # One product with a vector of ones reduces all six: XLA:CPU fuses the products into
-    # it, where six reductions cost 3.5x as much (each recomputed the residual).
+    # One product with a vector of ones reduces all six, the products fused into it (six
+    # such products measured the same; six tf.reduce_sum made the two kernels 18.1 CPU-ms
+    # per chunk instead of 13.4).
     sums = _sum_over_bins(tf.stack([
         d_reconstruction * (above - below), d_reconstruction, d_reconstruction * low,
         d_reconstruction * low_sigmoid, d_reconstruction * high, d_reconstruction * high_sigmoid], axis=-2))
@@ -349,7 +365,10 @@ def table_frame_errors(x, table, pitch_ratio, gain, low_slope, low_cutoff, high_
             # deterministically) rather than stacking one [J K, F] per chunk; the
             # kernels of different chunks still run in parallel.
             def backward(i, d_table, d_per_frame):
-                d_chunk, *d_values = _chunk_gradients(chunked[0][i], flat_table, *[v[i] for v in chunked[1:]])
+                # This chunk's frames; filters = low_slope, low_cutoff, high_slope, high_cutoff.
+                x, rows, weight, gain, *filters, d_errors = [values[i] for values in chunked]
+                d_reconstruction = _chunk_error_gradient(x, flat_table, rows, weight, gain, *filters, d_errors)
+                d_chunk, *d_values = _chunk_gradients(d_reconstruction, flat_table, rows, weight, *filters)
                 return i + 1, d_table + d_chunk, [array.write(i, d) for array, d in zip(d_per_frame, d_values)]
 
             arrays = [tf.TensorArray(tf.float32, size=num_chunks, element_shape=chunk_spec.shape) for _ in range(6)]
