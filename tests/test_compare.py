@@ -20,7 +20,7 @@ train.define_flags()
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_MELS, NUM_CLASSES = 32, 3
 TINY = {  # per run: flags of a seconds-long training
-    "sup": ["--mode=supervised", "--epochs=4", "--beta_init=1.0"],
+    "sup": ["--mode=supervised", "--epochs=3", "--beta_init=1.0"],
     "unsup": ["--mode=unsupervised", "--epochs=3"],
     "direct": ["--model=direct", "--epochs=2"],
     "autoencoder": ["--model=autoencoder", "--epochs=2"],

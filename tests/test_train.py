@@ -38,7 +38,7 @@ def tiny_data(tmp_path_factory):
 
 def train_flags(data_dir, model_dir, **overrides):
     values = dict(data_dir=data_dir, model_dir=model_dir, batch_size=8, eval_batch_size=8, train_frames=32,
-                  epochs=4, patience=1, warmup_steps=2, learning_rate=1e-3, media_freq=2, media_examples=2,
+                  epochs=4, patience=1, warmup_steps=2, learning_rate=1e-3, media_freq=3, media_examples=2,
                   verbose=0, init_examples=24)
     values.update(overrides)
     return values
@@ -344,7 +344,7 @@ def test_workers_on_localhost_complete_a_short_run(tiny_data, tmp_path, num_work
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     model_dir = str(tmp_path / "run")
     args = [sys.executable, "-m", "amych_tf.train", f"--data_dir={tiny_data}", f"--model_dir={model_dir}",
-            "--batch_size=8", "--eval_batch_size=8", "--train_frames=32", "--epochs=2", "--patience=1",
+            "--batch_size=8", "--eval_batch_size=8", "--train_frames=32", "--epochs=1", "--patience=1",
             "--warmup_steps=2", "--media_freq=0", "--verbose=0", "--init_examples=24"]
     processes = []
     for index in range(num_workers):
