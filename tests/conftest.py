@@ -13,6 +13,12 @@ import pytest
 import tensorflow as tf
 
 
+def pytest_collection_modifyitems(items):
+    """Tests marked slow first (a stable sort): pytest-xdist then starts the longest while the
+    short ones fill the other worker, instead of one worker ending the run alone on a long test."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     np.random.seed(0)

@@ -370,6 +370,7 @@ def test_decode_prototypes_reads_a_split_batch_by_batch(tmp_path):
         model.decode_prototypes(split.take(0))
 
 
+@pytest.mark.slow
 def test_listen_writes_apnet_prototypes_named_by_their_class(tmp_path):
     import soundfile
 

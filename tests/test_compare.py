@@ -52,6 +52,7 @@ def tiny_runs(tmp_path_factory):
     return str(data_dir), str(configs_dir), str(out_dir)
 
 
+@pytest.mark.slow
 def test_compare_trains_missing_runs_and_writes_the_three_tables(tiny_runs):
     data_dir, configs_dir, out_dir = tiny_runs
     completed = subprocess.run(

@@ -105,6 +105,7 @@ def keras_outputs(model, waveform):
     return log_mel.numpy(), {k: v.numpy() for k, v in outputs.items()}, frames
 
 
+@pytest.mark.slow
 def test_exported_model_serves_without_amych_tf(tmp_path, capsys):
     model_dir, export_dir = str(tmp_path / "run"), str(tmp_path / "saved_models" / "tiny")
     write_model_dir(model_dir)

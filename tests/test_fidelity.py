@@ -121,6 +121,7 @@ def make_transformations_depend_on_the_input(model):
         kernel.assign(rng.normal(0.0, 0.3, kernel.shape).astype(np.float32))
 
 
+@pytest.mark.slow
 def test_evaluate_reports_fidelity_independent_of_the_batch_size(tmp_path):
     lengths = {"train": [16, 20, 24, 40, 18, 30], "validation": [], "test": [16, 20, 33, 47, 17, 25, 60]}
     rng = np.random.default_rng(5)

@@ -225,6 +225,7 @@ def test_curriculum_stop_stage_and_activation_effects():
     assert model.stop_training and curriculum.stage == "pitch"
 
 
+@pytest.mark.slow
 def test_reassignment_copies_donor_state_into_empty_prototypes():
     model = tiny_model("unsupervised", num_prototypes=4)
     enable_all(model)

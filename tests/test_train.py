@@ -164,6 +164,7 @@ def event_tags(directory):
     return tags
 
 
+@pytest.mark.slow
 def test_training_writes_the_model_dir_and_tensorboard_media(tiny_data, tmp_path, capsys):
     model_dir = str(tmp_path / "run")
     summary = run_training(**train_flags(tiny_data, model_dir))
@@ -218,6 +219,7 @@ class Interrupt(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_in_the_same_stage_with_the_same_step_count(tiny_data, tmp_path, monkeypatch):
     model_dir = str(tmp_path / "run")
     # patience 0: a new curriculum stage every epoch, so the stage at the kill is known.
@@ -321,6 +323,7 @@ np.testing.assert_allclose(logs["average_accuracy"], np.mean(per_class), rtol=1e
 """
 
 
+@pytest.mark.slow
 def test_two_replicas_give_the_same_update_as_one():
     """2 logical CPUs under MirroredStrategy vs 1, same global batch (subprocess: devices are set at start-up)."""
     completed = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT], capture_output=True, text=True, timeout=300)
@@ -337,6 +340,7 @@ def free_ports(count):
     return ports
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_workers", [1, 2])
 def test_workers_on_localhost_complete_a_short_run(tiny_data, tmp_path, num_workers):
     """One worker too: its single replica's logs must reach the callbacks as scalars."""
@@ -358,6 +362,7 @@ def test_workers_on_localhost_complete_a_short_run(tiny_data, tmp_path, num_work
     assert os.path.exists(os.path.join(model_dir, "workers", "worker-1", "metrics.json")) == (num_workers == 2)
 
 
+@pytest.mark.slow
 def test_unsupervised_run_maps_clusters_to_classes_and_exports(tiny_data, tmp_path):
     model_dir, export_dir = str(tmp_path / "run"), str(tmp_path / "saved_models" / "run")
     summary = run_training(**train_flags(tiny_data, model_dir, mode="unsupervised", epochs=2, media_freq=0,
