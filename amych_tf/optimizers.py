@@ -91,7 +91,8 @@ class GroupedAdamW(keras.optimizers.Adam):
         if weight_decay:
             self.assign_sub(variable, variable * (weight_decay * lr))
         if self.amsgrad:
-            return super().update_step(gradient, variable, lr)
+            super().update_step(gradient, variable, lr)
+            return
         step = tf.cast(self.iterations + 1, dtype)
         momentum, velocity = self.moments(variable)
         tf.raw_ops.ResourceApplyAdam(
